@@ -1,0 +1,42 @@
+# capture-bridge — `make demo` runs the whole loop, `make test` proves it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test unit integration lint bench bench-quick soak clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/python -m bridge.demo
+
+test: install lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+integration: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration
+
+lint: install
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/mypy --strict bridge
+
+bench: install
+	$(BIN)/python -m bench.run --suite full
+
+bench-quick: install
+	$(BIN)/python -m bench.run --suite quick
+
+soak: install
+	$(BIN)/python -m bench.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results *.egg-info

@@ -1,0 +1,147 @@
+"""The `capture-bridge` command: the only place that catches everything.
+
+User errors (config, arguments) print one line on stderr and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+import yaml
+
+from bridge import __version__
+from bridge import state as states
+from bridge.app import install_signal_handlers, limits_of, make_http, run_bridge
+from bridge.cloud import CloudClient
+from bridge.command import parse_command
+from bridge.config import Config, load_config
+from bridge.errors import BridgeError, ConfigError
+from bridge.logs import redact, setup_logging
+from bridge.service import resolve_device
+
+EXIT_CONFIG = 2
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    envvar="CAPTURE_BRIDGE_CONFIG",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML config file (env: CAPTURE_BRIDGE_CONFIG); CAPTURE_BRIDGE_<SECTION>__<KEY> overrides keys.",
+)
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
+    click.echo(f"capture-bridge: {redact.scrub(message)}", err=True)
+    sys.exit(code)
+
+
+def _load(config_path: str | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        _fail(f"config error: {exc}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="capture-bridge")
+def main() -> None:
+    """Bridge MQTT capture commands to the vendor cloud's ActiveNewPhotograph instruction."""
+
+
+@main.command()
+@config_option
+@click.option("--log-format", type=click.Choice(["human", "json"]), default=None, help="Overrides logging.format.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default=None, help="Overrides logging.level.")
+def run(config_path: str | None, log_format: str | None, log_level: str | None) -> None:
+    """Run the bridge until SIGTERM or SIGINT."""
+    config = _load(config_path)
+    setup_logging((log_level or config.logging.level).upper(), log_format or config.logging.format)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await run_bridge(config, stop)
+
+    try:
+        asyncio.run(serve())
+    except ConfigError as exc:
+        _fail(f"config error: {exc}")
+    except OSError as exc:
+        _fail(f"cannot start: {exc}", 1)
+
+
+def _option_value(value: str | None) -> Any:
+    # Numbers typed on the command line arrive as text; the command model wants ints.
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+@main.command()
+@click.argument("device")
+@config_option
+@click.option("--camera", help='0/"main" or 1/"top".')
+@click.option("--type", "kind", help="1/photo, 2/video, 3/photo+video.")
+@click.option("--count", help="Number of photos.")
+@click.option("--duration", help="Video length in seconds.")
+@click.option("--resolution", help="0-3 or 360p/480p/720p/1080p.")
+@click.option("--interval", help="Seconds between photos.")
+@click.option("--request-id", help="Echoed in the state.")
+def capture(device: str, config_path: str | None, camera: str | None, kind: str | None, count: str | None,
+            duration: str | None, resolution: str | None, interval: str | None, request_id: str | None) -> None:
+    """Send one capture straight to the cloud and print the state; exit 0 only when it is ok."""
+    config = _load(config_path)
+    setup_logging("WARNING", config.logging.format)
+    raw = {"camera": camera, "type": kind, "count": count, "duration": duration,
+           "resolution": resolution, "interval": interval}
+    data: dict[str, Any] = {k: _option_value(v) for k, v in raw.items() if v is not None}
+    if request_id is not None:
+        data["request_id"] = request_id
+    state = asyncio.run(_capture_once(config, device, data))
+    click.echo(json.dumps(state, ensure_ascii=False))
+    sys.exit(0 if state["status"] == states.OK else 1)
+
+
+async def _capture_once(config: Config, device: str, data: dict[str, Any]) -> dict[str, Any]:
+    devices = {name: entry.guid for name, entry in config.devices.items()}
+    ctx = states.Context(device=device, request_id=data.get("request_id")
+                         if isinstance(data.get("request_id"), str) else None)
+    http = make_http(config.cloud, 4)
+    try:
+        command = parse_command(data, limits_of(config))
+        guid = resolve_device(device, devices, config.bridge.guid_topic_ids)
+        ctx = states.Context(device, guid, command.request_id, command.api_params())
+        reply = await CloudClient(http, config.cloud).capture(guid, command.api_params())
+        return states.reply_state(ctx, reply)
+    except BridgeError as exc:
+        return states.error_state(ctx, exc)
+    finally:
+        await http.aclose()
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: str | None) -> None:
+    """Validate the config and print it, with every secret masked."""
+    config = _load(config_path)
+    click.echo(yaml.safe_dump(config.masked(), sort_keys=False, allow_unicode=True), nl=False)
+
+
+@main.command("mock-cloud")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8092, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds per Instruction.")
+@click.option("--any-device", "default_behaviour", flag_value="ok", default=None,
+              help="Answer ok for every GUID (default: only the demo devices; others get 106).")
+@click.option("--token", default=None, help="A fixed FTokenID the mock always accepts.")
+def mock_cloud(host: str, port: int, latency: float, default_behaviour: str | None, token: str | None) -> None:
+    """Run a local simulator of the cloud API (login + Instruction)."""
+    from bridge.mockcloud import run_mock_cloud
+
+    run_mock_cloud(host, port, latency, default_behaviour or "unknown", token)

@@ -1,0 +1,323 @@
+"""Configuration: one pydantic model per section, loaded from YAML + environment.
+
+Every key may be overridden by `CAPTURE_BRIDGE_<SECTION>__<KEY>` (nested keys
+join with further `__`); values are read as YAML scalars, so `null`, `true` and
+`5` mean what they say. Unknown keys anywhere are an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "CAPTURE_BRIDGE_"
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# A topic level we accept as a device id: no MQTT wildcards or separators, no control chars.
+DEVICE_ID_RE = re.compile(r"^[^/+#\x00-\x1f\x7f]+$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Section):
+    """How to reach the broker and where our topics live."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = Field(default="capture-bridge", min_length=1, max_length=128)
+    base_topic: str = "devices"
+    protocol: Literal["5", "3.1.1"] = "5"
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = Field(default=60, ge=5, le=3600)
+    # A persistent session keeps QoS 1 commands queued on the broker while we are down.
+    persistent_session: bool = True
+    session_expiry: int = Field(default=86400, ge=0)
+    shared_group: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+    reconnect_min: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=60.0, gt=0)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: object) -> object:
+        # YAML reads `protocol: 5` as an int and `3.1.1` as a string; accept both spellings.
+        if value in (5, 5.0, "v5", "mqttv5"):
+            return "5"
+        if value in ("311", "v311", "3", 3, 4, "4"):
+            return "3.1.1"
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError("has a bad port") from exc
+        return value
+
+    @field_validator("base_topic")
+    @classmethod
+    def _check_base_topic(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or any(c in value for c in "+#\x00"):
+            raise ValueError("must be a non-empty topic without wildcards")
+        return value
+
+    @field_validator("shared_group")
+    @classmethod
+    def _check_group(cls, value: str | None) -> str | None:
+        if value is not None and not DEVICE_ID_RE.match(value):
+            raise ValueError("must be one topic level without wildcards")
+        return value
+
+    @property
+    def tls(self) -> bool:
+        """Whether the URL asks for TLS."""
+        return urlsplit(self.url).scheme in ("mqtts", "ssl")
+
+    @property
+    def host(self) -> str:
+        """The broker's host name."""
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """The broker's port (1883, or 8883 for TLS, when the URL names none)."""
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+
+class CloudConfig(_Section):
+    """The vendor OpenApi and how we call it."""
+
+    base_url: str = "https://cloud.assetscontrols.com:3443/OpenApi"
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+    # The cloud holds an Instruction open ~15 s while it waits for the device.
+    read_timeout: float = Field(default=20.0, gt=0)
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    time_difference: int = 28800
+    language: str = "1"
+    # Retries of transient failures (refused, reset, 5xx, 429, timeout before sending).
+    retry_attempts: int = Field(default=3, ge=1, le=20)
+    retry_backoff: float = Field(default=0.5, ge=0)
+    retry_backoff_max: float = Field(default=5.0, ge=0)
+    retry_deadline: float = Field(default=45.0, gt=0)
+    # 138 means the instruction reached the device: retrying could fire the camera twice.
+    retry_device_timeout: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> CloudConfig:
+        if self.token is None and (self.username is None or self.password is None):
+            raise ValueError("set cloud.token, or cloud.username and cloud.password")
+        return self
+
+
+class DeviceEntry(_Section):
+    """One device: its FAssetGUID and, optionally, a friendly name."""
+
+    guid: str
+    name: str | None = None
+
+    @field_validator("guid")
+    @classmethod
+    def _check_guid(cls, value: str) -> str:
+        if not GUID_RE.match(value):
+            raise ValueError("is not a GUID (8-4-4-4-12 hex digits)")
+        return value
+
+
+class BridgeConfig(_Section):
+    """Limits and behaviour of the bridge itself."""
+
+    # A topic id that is not under `devices` but is a GUID is used as the FAssetGUID.
+    guid_topic_ids: bool = True
+    max_count: int = Field(default=100, ge=1)
+    max_duration: int = Field(default=600, ge=1)
+    max_interval: int = Field(default=3600, ge=0)
+    max_payload_bytes: int = Field(default=65536, ge=64)
+    max_in_flight: int = Field(default=1024, ge=1, le=65536)
+    max_backlog: int = Field(default=10000, ge=0)
+    publish_pending: bool = False
+    journal: bool = True
+    journal_path: Path | None = None
+    dedupe_window: float = Field(default=600.0, ge=0)
+    shutdown_timeout: float = Field(default=20.0, ge=0)
+
+
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery."""
+
+    enabled: bool = True
+    prefix: str = "homeassistant"
+    status_topic: str = "homeassistant/status"
+
+
+class MetricsConfig(_Section):
+    """Prometheus /metrics and /healthz."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class LoggingConfig(_Section):
+    """Log level and format."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["human", "json"] = "human"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def _device_entry(value: object) -> object:
+    return {"guid": value} if isinstance(value, str) else value
+
+
+DeviceMap = dict[str, Annotated[DeviceEntry, Field()]]
+
+
+class Config(_Section):
+    """The whole configuration file."""
+
+    mqtt: MqttConfig = MqttConfig()
+    cloud: CloudConfig
+    devices: DeviceMap = Field(default_factory=dict)
+    bridge: BridgeConfig = BridgeConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: object) -> object:
+        if value is None:
+            return {}
+        if isinstance(value, Mapping):
+            for key in value:
+                if not isinstance(key, str) or not DEVICE_ID_RE.match(key):
+                    raise ValueError(f"device id {key!r} is not a single topic level")
+            return {str(k): _device_entry(v) for k, v in value.items()}
+        return value
+
+    def journal_file(self) -> Path:
+        """Where the command journal lives."""
+        if self.bridge.journal_path is not None:
+            return self.bridge.journal_path.expanduser()
+        state = Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")).expanduser()
+        safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", self.mqtt.client_id)
+        return state / "capture-bridge" / f"journal-{safe_id}.sqlite"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, every secret replaced by `**********`."""
+        return self.model_dump(mode="json")
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[list[str], Any]]:
+    overrides = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in path):
+            raise ConfigError(f"environment variable {name}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        # Secrets and ids stay text even when they look like numbers.
+        if path[-1] in ("password", "token", "username", "client_id") and value is not None:
+            value = raw
+        overrides.append((path, value))
+    return overrides
+
+
+def _apply(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = len(exc.errors()) - 1
+    return f"{where}: {msg}" + (f" (and {more} more)" if more else "")
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (if any), apply environment overrides and validate; raise ConfigError."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid UTF-8 (byte {exc.start})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {path}{where}: not valid YAML") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping")
+        data = loaded
+    for key_path, value in _env_overrides(env):
+        _apply(data, key_path, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None

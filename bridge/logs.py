@@ -1,0 +1,92 @@
+"""Logging setup: human or JSON lines, and a filter that keeps secrets out of every line.
+
+The redactor is a last line of defence: code never formats a token or password
+into a message on purpose, but an exception text or a library's debug line might.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+
+class Redactor(logging.Filter):
+    """Replaces every registered secret in a record's final text with `***`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+
+    def add(self, secret: str) -> None:
+        """Never let `secret` reach a log line (short strings are ignored: they would mask noise)."""
+        if len(secret) >= 4:
+            self._secrets.add(secret)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every registered secret masked."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            message = self.scrub(record.getMessage())
+            record.msg, record.args = message, None
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+redact = Redactor()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with device and request_id when the record carries them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("device", "request_id", "error"):
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class HumanFormatter(logging.Formatter):
+    """`time level logger: message [device=.. request_id=..]`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = [f"{k}={getattr(record, k)}" for k in ("device", "request_id") if getattr(record, k, None)]
+        return f"{text} [{' '.join(extras)}]" if extras else text
+
+
+def setup_logging(level: str = "INFO", fmt: str = "human") -> None:
+    """Send logs to stderr in the chosen format, through the secret redactor."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
+    handler.addFilter(redact)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # paho logs through its own logger only when asked; keep third parties at WARNING.
+    for noisy in ("urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,367 @@
+"""The MQTT adapter: the only module that knows paho.
+
+paho runs on the asyncio loop itself (its socket is watched with add_reader /
+add_writer, the aiomqtt way), so a message costs no thread hand-off. Callbacks
+only decode and hand over; `on_message` never blocks. Reconnects are ours:
+exponential backoff, longer after the broker refuses us, so bad credentials
+give one clear error per attempt instead of a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from bridge import topics
+from bridge.config import MqttConfig
+from bridge.logs import redact
+from bridge.service import Command
+
+log = logging.getLogger("bridge.mqtt")
+
+ONLINE = json.dumps({"state": "online"}).encode()
+OFFLINE = json.dumps({"state": "offline"}).encode()
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    """TLS for mqtts://: system CAs or `ca_file`, optional client certificate, `tls_insecure` to skip checks."""
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if config.cert_file is not None:
+        context.load_cert_chain(str(config.cert_file), str(config.key_file) if config.key_file else None)
+    if config.tls_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class MqttAdapter:
+    """Connects, subscribes, turns messages into `Command`s and publishes states."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        on_command: Callable[[Command], None],
+        *,
+        on_connected: Callable[[], None] | None = None,
+        handlers: dict[str, Callable[[bytes], None]] | None = None,
+    ) -> None:
+        self._config = config
+        self._on_command = on_command
+        self._on_connected = on_connected
+        self._handlers = dict(handlers or {})
+        self._base = config.base_topic
+        self._v5 = config.protocol == "5"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._acks: dict[int, Callable[[], None]] = {}
+        self._disconnected = asyncio.Event()
+        self._stopping = False
+        self._refused: str | None = None
+        self._misc: asyncio.Task[None] | None = None
+        self._intake = True
+        self.connected = False
+        self.connect_count = 0
+        self.client = self._make_client()
+
+    def _make_client(self) -> paho.Client:
+        cfg = self._config
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self._v5 else not cfg.persistent_session,
+            reconnect_on_failure=False,
+        )
+        if cfg.username is not None:
+            password = cfg.password.get_secret_value() if cfg.password else None
+            if password:
+                redact.add(password)
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls:
+            client.tls_set_context(tls_context(cfg))
+        client.will_set(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True)
+        # Unbounded queue while offline: states must survive a broker restart.
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(1000)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
+        return client
+
+    # --- paho on the asyncio loop ---------------------------------------------
+
+    def _in_loop(self, fn: Callable[[], None]) -> None:
+        # paho calls socket hooks from connect(), which runs in an executor thread.
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self._loop.call_soon_threadsafe(fn)
+
+    def _socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        loop = self._loop
+
+        def watch() -> None:
+            loop.add_reader(sock, self._read)
+            if self._misc is None or self._misc.done():
+                self._misc = loop.create_task(self._misc_loop())
+
+        self._in_loop(watch)
+
+    def _read(self) -> None:
+        rc = self.client.loop_read()
+        if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
+            log.debug("read loop ended: %s", paho.error_string(rc))
+
+    def _socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        loop = self._loop
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(sock)
+                loop.remove_writer(sock)
+
+        self._in_loop(unwatch)
+
+    def _register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        self._in_loop(lambda: loop.add_writer(sock, self.client.loop_write))
+
+    def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        loop = self._loop
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_writer(sock)
+
+        self._in_loop(unwatch)
+
+    async def _misc_loop(self) -> None:
+        # Keepalive pings and retry timers; one wake-up a second, no busy polling.
+        while self.client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(1)
+
+    # --- callbacks (never block, never raise) -----------------------------------
+
+    def _handle_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            log.error("broker %s:%d refused the connection: %s", self._config.host, self._config.port, reason)
+            return
+        self._refused = None
+        self.connected = True
+        self.connect_count += 1
+        session = "resumed" if getattr(flags, "session_present", False) else "new"
+        log.info("connected to %s:%d (MQTT %s, %s session)", self._config.host, self._config.port,
+                 self._config.protocol, session)
+        if self._intake:
+            self._subscribe_commands()
+        for topic in self._handlers:
+            client.subscribe(topic, qos=1)
+        client.publish(topics.availability_topic(self._base), ONLINE, qos=1, retain=True)
+        if self._on_connected is not None:
+            try:
+                self._on_connected()
+            except Exception:
+                log.exception("on_connected hook failed")
+
+    def _subscribe_commands(self) -> None:
+        topic = topics.set_filter(self._base, self._config.shared_group)
+        if self._v5:
+            self.client.subscribe(topic, options=SubscribeOptions(qos=1))
+        else:
+            self.client.subscribe(topic, qos=1)
+
+    def _handle_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        was_connected, self.connected = self.connected, False
+        if was_connected and not self._stopping:
+            log.warning("disconnected from the broker: %s", reason)
+        self._disconnected.set()
+
+    def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            log.warning("ignored a message whose topic is not UTF-8")
+            return
+        try:
+            handler = self._handlers.get(topic)
+            if handler is not None:
+                handler(bytes(message.payload))
+                return
+            device = topics.device_of(topic, self._base)
+            if device is None:
+                return
+            if message.retain:
+                # A retained command is stale: a restart must not fire old captures.
+                log.warning("ignored a retained command on %s (retained commands are never executed)", topic,
+                            extra={"device": device})
+                return
+            response_topic: str | None = None
+            correlation: bytes | None = None
+            props = message.properties
+            if props is not None:
+                response_topic = getattr(props, "ResponseTopic", None)
+                correlation = getattr(props, "CorrelationData", None)
+            self._on_command(Command(device, bytes(message.payload), response_topic, correlation, bool(message.dup)))
+        except Exception:
+            log.exception("failed to hand over a message on %s", message.topic)
+
+    def _handle_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        callback = self._acks.pop(mid, None)
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                log.exception("publish acknowledgement hook failed")
+
+    # --- publishing -------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int | None = None,
+        retain: bool = False,
+        properties: Properties | None = None,
+        on_acked: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish (queued by paho while disconnected); `on_acked` runs when the broker has it."""
+        info = self.client.publish(
+            topic, payload, qos=self._config.qos if qos is None else qos, retain=retain, properties=properties
+        )
+        if on_acked is not None:
+            if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) and (qos or self._config.qos):
+                self._acks[info.mid] = on_acked
+            elif info.rc == paho.MQTT_ERR_SUCCESS:
+                on_acked()
+
+    def publish_state(
+        self,
+        device: str,
+        payload: bytes,
+        *,
+        retain: bool = True,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        on_acked: Callable[[], None] | None = None,
+    ) -> None:
+        """The state, retained on the device's state topic; the final one also to the Response Topic."""
+        self.publish(topics.state_topic(self._base, device), payload, retain=retain, on_acked=on_acked)
+        if response_topic and self._v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if correlation is not None:
+                props.CorrelationData = correlation
+            self.publish(response_topic, payload, retain=False, properties=props)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def _connect_blocking(self) -> None:
+        cfg = self._config
+        properties: Properties | None = None
+        clean_start: Any = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = cfg.session_expiry if cfg.persistent_session else 0
+            clean_start = not cfg.persistent_session
+        self.client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=clean_start,
+                            properties=properties)
+
+    async def run(self) -> None:
+        """Connect and stay connected until `stop()`; reconnect with backoff."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        delay = self._config.reconnect_min
+        while not self._stopping:
+            self._disconnected.clear()
+            try:
+                await self._loop.run_in_executor(None, self._connect_blocking)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.warning("cannot reach broker %s:%d: %s; next try in %.1fs",
+                            self._config.host, self._config.port, exc, delay)
+            else:
+                await self._disconnected.wait()
+                if self._stopping:
+                    break
+                if self._refused is None:
+                    delay = self._config.reconnect_min
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, self._config.reconnect_max)
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """True once connected (for the CLI and tests)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.connected:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def stop_intake(self) -> None:
+        """Unsubscribe from commands; the persistent session keeps new ones on the broker for us."""
+        self._intake = False
+        if self.connected:
+            self.client.unsubscribe(topics.set_filter(self._base, self._config.shared_group))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Publish `offline`, wait for outstanding acknowledgements, disconnect."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def offline_acked() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        if self.connected:
+            self.publish(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True, on_acked=offline_acked)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, timeout)
+            deadline = loop.time() + timeout
+            while self._acks and self.connected and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        self._stopping = True
+        if self.connected:
+            self._disconnected.clear()
+            self.client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._disconnected.wait(), timeout)
+        else:
+            self._disconnected.set()
+        if self._misc is not None:
+            self._misc.cancel()
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(sock)
+                loop.remove_writer(sock)

@@ -1,0 +1,97 @@
+"""State payloads (pure): the outcome of one command -> the JSON published on `capture/state`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.cloud import DEVICE_BUSY, DEVICE_DONE, InstructionReply
+from bridge.errors import BridgeError, ErrorCode
+
+PENDING, OK, BUSY, ERROR = "pending", "ok", "busy", "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a state says about the command it answers."""
+
+    device: str
+    asset_guid: str | None = None
+    request_id: str | None = None
+    request: dict[str, Any] | None = field(default=None)
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """`2026-11-29T19:40:00.123Z`."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def _state(
+    ctx: Context,
+    status: str,
+    *,
+    code: int | None = None,
+    error: ErrorCode | None = None,
+    message: str = "",
+    terminal_num: str | None = None,
+    file_id: str | None = None,
+    reply: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "code": code,
+        "error": error.value if error is not None else None,
+        "message": message,
+        "device": ctx.device,
+        "asset_guid": ctx.asset_guid,
+        "request_id": ctx.request_id,
+        "request": ctx.request,
+        "terminal_num": terminal_num,
+        "file_id": file_id,
+        "reply": reply,
+        "timestamp": utc_timestamp(now),
+    }
+
+
+def pending_state(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
+    """The optional first state: accepted, waiting for the cloud."""
+    return _state(ctx, PENDING, message="sent to the cloud", now=now)
+
+
+def reply_state(ctx: Context, reply: InstructionReply, now: datetime | None = None) -> dict[str, Any]:
+    """A Result 200 reply -> ok, busy (device answered 1) or error device_error."""
+    answer = reply.device.answer
+    status, error = OK, None
+    message = reply.message
+    if answer == DEVICE_BUSY:
+        status, error = BUSY, ErrorCode.CAMERA_BUSY
+        message = f"camera busy ({reply.message})"
+    elif answer != DEVICE_DONE:
+        status, error = ERROR, ErrorCode.DEVICE_ERROR
+        message = f"device answered {answer} ({reply.message})"
+    return _state(
+        ctx,
+        status,
+        code=200,
+        error=error,
+        message=message,
+        terminal_num=reply.terminal_num,
+        file_id=reply.device.file_id if answer == DEVICE_DONE else None,
+        reply=reply.reply,
+        now=now,
+    )
+
+
+def error_state(ctx: Context, exc: BridgeError, now: datetime | None = None) -> dict[str, Any]:
+    """Any BridgeError -> an error state (busy for camera_busy, though that comes from reply_state)."""
+    status = BUSY if exc.code is ErrorCode.CAMERA_BUSY else ERROR
+    return _state(ctx, status, code=exc.result, error=exc.code, message=exc.message, now=now)
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
