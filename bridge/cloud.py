@@ -242,7 +242,8 @@ class CloudClient:
         return reply
 
     async def _do_login(self) -> str:
-        assert self._config.username is not None and self._config.password is not None
+        assert self._config.username is not None
+        assert self._config.password is not None
         self.login_count += 1
         body = login_body(self._config.username, self._config.password.get_secret_value())
         reply = await self._post(LOGIN_PATH, body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -19,6 +19,7 @@ TYPE_NAMES = {"photo": PHOTO, "video": VIDEO, "photo+video": PHOTO_VIDEO}
 CAMERA_NAMES = {"main": "0", "top": "1", "0": "0", "1": "1"}
 RESOLUTION_NAMES = {"360p": 0, "480p": 1, "720p": 2, "1080p": 3}
 MAX_REQUEST_ID = 128
+DEFAULT_DURATION = 10
 
 # friendly name -> API name; both spellings address the same field.
 FIELDS = {
@@ -50,14 +51,14 @@ class CaptureCommand(BaseModel):
     camera: str = "0"
     type: int = PHOTO
     count: int = 1
-    duration: int = 10
+    duration: int = DEFAULT_DURATION
     resolution: int = 2
     interval: int = 0
     request_id: str | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _merge_spellings(cls, data: Any) -> Any:
+    def _merge_spellings(cls, data: Any, info: ValidationInfo) -> Any:
         # Both spellings of one field may appear only when they mean the same value.
         if not isinstance(data, dict):
             raise InvalidCommand("payload: must be a JSON object")
@@ -74,6 +75,10 @@ class CaptureCommand(BaseModel):
                 merged[friendly] = data[friendly] if friendly in data else data[api]
         if "request_id" in data:
             merged["request_id"] = data["request_id"]
+        limits = info.context if isinstance(info.context, Limits) else Limits()
+        if "duration" not in merged and limits.max_duration < DEFAULT_DURATION:
+            # The default must respect a configured limit below it, like any value sent.
+            merged["duration"] = limits.max_duration
         return merged
 
     @field_validator("camera", "type", "resolution", mode="before")
@@ -119,7 +124,7 @@ class CaptureCommand(BaseModel):
         }
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -133,7 +138,7 @@ def _camera(value: object) -> str:
 
 def _type(value: object) -> int:
     if _is_int(value) and value in (PHOTO, VIDEO, PHOTO_VIDEO):
-        return int(value)  # type: ignore[call-overload]
+        return int(value)
     if isinstance(value, str) and value in TYPE_NAMES:
         return TYPE_NAMES[value]
     raise InvalidCommand('type: must be 1, 2, 3, "photo", "video" or "photo+video"')
@@ -141,7 +146,7 @@ def _type(value: object) -> int:
 
 def _resolution(value: object) -> int:
     if _is_int(value) and value in (0, 1, 2, 3):
-        return int(value)  # type: ignore[call-overload]
+        return int(value)
     if isinstance(value, str) and value in RESOLUTION_NAMES:
         return RESOLUTION_NAMES[value]
     raise InvalidCommand('resolution: must be 0-3, "360p", "480p", "720p" or "1080p"')
@@ -150,7 +155,7 @@ def _resolution(value: object) -> int:
 def _bounded_int(field: str, value: object, low: int, high: int) -> int:
     if not _is_int(value):
         raise InvalidCommand(f"{field}: must be an integer")
-    number = int(value)  # type: ignore[call-overload]
+    number = int(value)
     if number < low or number > high:
         raise InvalidCommand(f"{field}: must be between {low} and {high}, got {number}")
     return number

@@ -77,6 +77,9 @@ class MqttConfig(_Section):
             raise ValueError("must start with mqtt:// or mqtts://")
         if not parts.hostname:
             raise ValueError("has no host")
+        if parts.username or parts.password:
+            # Credentials in a URL would show in check-config and logs: they belong in username/password.
+            raise ValueError("must not carry credentials: use mqtt.username and mqtt.password")
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError as exc:

@@ -24,7 +24,7 @@ class ErrorCode(StrEnum):
     CAMERA_BUSY = "camera_busy"
     DEVICE_ERROR = "device_error"
     BAD_REQUEST = "bad_request"
-    TOKEN_INVALID = "token_invalid"
+    TOKEN_INVALID = "token_invalid"  # noqa: S105 - an error name, not a secret
     CLOUD_EXCEPTION = "cloud_exception"
     NO_SUCH_DEVICE = "no_such_device"
     SEND_FAILED = "send_failed"

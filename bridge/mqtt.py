@@ -70,6 +70,9 @@ class MqttAdapter:
         self._loop_thread: int | None = None
         self._acks: dict[int, Callable[[], None]] = {}
         self._disconnected = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
         self._stopping = False
         self._refused: str | None = None
         self._misc: asyncio.Task[None] | None = None
@@ -162,7 +165,7 @@ class MqttAdapter:
 
     async def _misc_loop(self) -> None:
         # Keepalive pings and retry timers; one wake-up a second, no busy polling.
-        while self.client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+        while self.client.loop_misc() == paho.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - a timer, not a wait
             await asyncio.sleep(1)
 
     # --- callbacks (never block, never raise) -----------------------------------
@@ -176,6 +179,7 @@ class MqttAdapter:
             return
         self._refused = None
         self.connected = True
+        self._connected.set()
         self.connect_count += 1
         session = "resumed" if getattr(flags, "session_present", False) else "new"
         log.info("connected to %s:%d (MQTT %s, %s session)", self._config.host, self._config.port,
@@ -202,6 +206,7 @@ class MqttAdapter:
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
         was_connected, self.connected = self.connected, False
+        self._connected.clear()
         if was_connected and not self._stopping:
             log.warning("disconnected from the broker: %s", reason)
         self._disconnected.set()
@@ -239,6 +244,8 @@ class MqttAdapter:
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
         callback = self._acks.pop(mid, None)
+        if not self._acks:
+            self._all_acked.set()
         if callback is not None:
             try:
                 callback()
@@ -264,6 +271,7 @@ class MqttAdapter:
         if on_acked is not None:
             if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) and (qos or self._config.qos):
                 self._acks[info.mid] = on_acked
+                self._all_acked.clear()
             elif info.rc == paho.MQTT_ERR_SUCCESS:
                 on_acked()
 
@@ -319,14 +327,9 @@ class MqttAdapter:
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, self._config.reconnect_max)
 
-    async def wait_connected(self, timeout: float) -> bool:
-        """True once connected (for the CLI and tests)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not self.connected:
-            if asyncio.get_running_loop().time() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+    async def wait_connected(self) -> None:
+        """Return once connected."""
+        await self._connected.wait()
 
     def stop_intake(self) -> None:
         """Unsubscribe from commands; the persistent session keeps new ones on the broker for us."""
@@ -334,8 +337,8 @@ class MqttAdapter:
         if self.connected:
             self.client.unsubscribe(topics.set_filter(self._base, self._config.shared_group))
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Publish `offline`, wait for outstanding acknowledgements, disconnect."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Publish `offline`, wait up to `grace` seconds for outstanding acknowledgements, disconnect."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -346,16 +349,13 @@ class MqttAdapter:
         if self.connected:
             self.publish(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True, on_acked=offline_acked)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done, timeout)
-            deadline = loop.time() + timeout
-            while self._acks and self.connected and loop.time() < deadline:
-                await asyncio.sleep(0.02)
+                await asyncio.wait_for(asyncio.gather(done, self._all_acked.wait()), grace)
         self._stopping = True
         if self.connected:
             self._disconnected.clear()
             self.client.disconnect()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._disconnected.wait(), timeout)
+                await asyncio.wait_for(self._disconnected.wait(), grace)
         else:
             self._disconnected.set()
         if self._misc is not None:

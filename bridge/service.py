@@ -16,6 +16,7 @@ It sees the outside world through two small Protocols (`StatePublisher`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -136,7 +137,7 @@ class CaptureService:
         *,
         devices: Mapping[str, str] | None = None,
         guid_topic_ids: bool = True,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
         max_payload_bytes: int = 65536,
         max_in_flight: int = 1024,
         max_backlog: int = 10000,
@@ -150,7 +151,7 @@ class CaptureService:
         self._publisher = publisher
         self._devices = dict(devices or {})
         self._guid_topic_ids = guid_topic_ids
-        self._limits = limits
+        self._limits = limits or Limits()
         self._max_payload = max_payload_bytes
         self._max_in_flight = max_in_flight
         self._max_backlog = max_backlog
@@ -289,7 +290,7 @@ class CaptureService:
             if key[0] == "payload" and not command.dup:
                 continue
             known = self._recent.get(key)
-            if known is None or not known.jobs and known.state is None:
+            if known is None or (not known.jobs and known.state is None):
                 continue
             if known.state is None:
                 log.info("duplicate of a command still running, dropped", extra={"device": command.device})
@@ -306,7 +307,7 @@ class CaptureService:
 
     def _forget_old(self, now: float) -> None:
         while self._recent:
-            key, known = next(iter(self._recent.items()))
+            known = next(iter(self._recent.values()))
             expired = known.finished_at is not None and now - known.finished_at > self._dedupe_window
             if not expired and len(self._recent) <= MAX_REMEMBERED:
                 break
@@ -322,7 +323,8 @@ class CaptureService:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: _Job) -> None:
-        assert job.capture is not None and job.ctx.asset_guid is not None
+        assert job.capture is not None
+        assert job.ctx.asset_guid is not None
         started = self._clock()
         try:
             reply = await self._cloud.capture(job.ctx.asset_guid, job.capture.api_params())
@@ -335,7 +337,8 @@ class CaptureService:
             raise
         except Exception as exc:  # a bug must still end in a state, never silence
             log.exception("unexpected failure", extra={"device": job.command.device})
-            state = states.error_state(job.ctx, CloudError(ErrorCode.CLOUD_ERROR, f"internal error: {type(exc).__name__}"))
+            internal = CloudError(ErrorCode.CLOUD_ERROR, f"internal error: {type(exc).__name__}")
+            state = states.error_state(job.ctx, internal)
         self._observer.cloud_call(self._clock() - started)
         self._finish(job, state)
         self._release(job.command.device)
@@ -405,13 +408,11 @@ class CaptureService:
 
     # --- shutdown --------------------------------------------------------------
 
-    async def drain(self, timeout: float) -> int:
-        """Stop taking work; wait up to `timeout` for what runs and waits; return how many did not finish."""
+    async def drain(self, deadline: float) -> int:
+        """Stop taking work; wait up to `deadline` seconds for what runs and waits; return how many did not finish."""
         self.closed = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), deadline)
         unfinished = len(self._active) + self._backlog
         self._cancelling = True
         for task in list(self._tasks):
