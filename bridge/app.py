@@ -9,12 +9,13 @@ import resource
 import signal
 import ssl
 
-from bridge import __version__
+from bridge import __version__, discovery
 from bridge.cloud import CloudClient
 from bridge.command import Limits
 from bridge.config import CloudConfig, Config
 from bridge.http import HttpClient
 from bridge.journal import Journal
+from bridge.metrics import Metrics, MetricsServer
 from bridge.mqtt import MqttAdapter
 from bridge.service import CaptureService
 
@@ -67,8 +68,30 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
     journal = Journal(config.journal_file()) if config.bridge.journal else None
     devices = {name: entry.guid for name, entry in config.devices.items()}
 
+    metrics = Metrics()
+    announcements = discovery.discovery_messages(config)
+
+    def on_connected() -> None:
+        metrics.set_connected(True)
+        announce()
+
+    def announce() -> None:
+        for topic, payload in announcements:
+            adapter.publish(topic, payload, qos=1, retain=True)
+
+    def on_homeassistant_status(payload: bytes) -> None:
+        # Home Assistant restarted and forgot its entities: announce them again.
+        if payload.strip() == b"online":
+            announce()
+
     service: CaptureService
-    adapter = MqttAdapter(config.mqtt, lambda command: service.submit(command))
+    adapter = MqttAdapter(
+        config.mqtt,
+        lambda command: service.submit(command),
+        on_connected=on_connected,
+        on_disconnected=lambda: metrics.set_connected(False),
+        handlers={config.homeassistant.status_topic: on_homeassistant_status} if announcements else None,
+    )
     service = CaptureService(
         cloud,
         adapter,
@@ -81,7 +104,13 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         publish_pending=config.bridge.publish_pending,
         journal=journal,
         dedupe_window=config.bridge.dedupe_window,
+        observer=metrics,
     )
+    server: MetricsServer | None = None
+    if config.metrics.port is not None:
+        server = MetricsServer(metrics, config.metrics.host, config.metrics.port, healthy=lambda: adapter.connected)
+        server.start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", config.metrics.host, server.port)
     log.info("capture-bridge %s starting: broker %s:%d, cloud %s, %d configured device(s)",
              __version__, config.mqtt.host, config.mqtt.port, config.cloud.base_url, len(devices))
     if journal is not None:
@@ -105,6 +134,8 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         await http.aclose()
         if journal is not None:
             journal.close()
+        if server is not None:
+            server.stop()
         log.info("stopped")
 
 

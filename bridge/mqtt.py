@@ -58,11 +58,13 @@ class MqttAdapter:
         on_command: Callable[[Command], None],
         *,
         on_connected: Callable[[], None] | None = None,
+        on_disconnected: Callable[[], None] | None = None,
         handlers: dict[str, Callable[[bytes], None]] | None = None,
     ) -> None:
         self._config = config
         self._on_command = on_command
         self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
         self._handlers = dict(handlers or {})
         self._base = config.base_topic
         self._v5 = config.protocol == "5"
@@ -209,6 +211,11 @@ class MqttAdapter:
         self._connected.clear()
         if was_connected and not self._stopping:
             log.warning("disconnected from the broker: %s", reason)
+        if self._on_disconnected is not None:
+            try:
+                self._on_disconnected()
+            except Exception:
+                log.exception("on_disconnected hook failed")
         self._disconnected.set()
 
     def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
