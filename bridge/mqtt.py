@@ -34,8 +34,8 @@ from bridge.service import Command
 
 log = logging.getLogger("bridge.mqtt")
 
-ONLINE = json.dumps({"state": "online"}).encode()
-OFFLINE = json.dumps({"state": "offline"}).encode()
+ONLINE = json.dumps({"state": "online"}, separators=(",", ":")).encode()
+OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -339,10 +339,9 @@ class MqttAdapter:
         await self._connected.wait()
 
     def stop_intake(self) -> None:
-        """Unsubscribe from commands; the persistent session keeps new ones on the broker for us."""
+        """Stop subscribing on reconnects. The subscription itself stays: it is what makes the
+        broker queue commands for our persistent session while we are down."""
         self._intake = False
-        if self.connected:
-            self.client.unsubscribe(topics.set_filter(self._base, self._config.shared_group))
 
     async def close(self, grace: float = 5.0) -> None:
         """Publish `offline`, wait up to `grace` seconds for outstanding acknowledgements, disconnect."""
