@@ -11,7 +11,7 @@ import pytest
 
 from bridge.mockcloud import DEMO_PASSWORD, DEMO_USER, Behaviour, Fault, MockCloud
 from tests.support.bridge_proc import BridgeProcess, deep_merge
-from tests.support.broker import Broker
+from tests.support.broker import Broker, DockerBroker, docker_available
 from tests.support.probe import Probe, Received
 
 # GUIDs the mock cloud knows, one per behaviour.
@@ -21,7 +21,7 @@ GUIDS = {behaviour: str(uuid.UUID(int=i + 1, version=4)) for i, behaviour in enu
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One private Mosquitto for the whole run (tests keep apart by topic)."""
-    b = Broker(tmp_path_factory.mktemp("mosquitto")).start()
+    b: Any = DockerBroker().start() if docker_available() else Broker(tmp_path_factory.mktemp("mosquitto")).start()
     yield b
     b.stop()
 

@@ -52,7 +52,7 @@ class Probe:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain), msg.properties))
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.properties))
             self._cond.notify_all()
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
@@ -81,7 +81,7 @@ class Probe:
             payload = json.dumps(payload)
         props = None
         if response_topic is not None:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ResponseTopic = response_topic
             if correlation is not None:
                 props.CorrelationData = correlation
