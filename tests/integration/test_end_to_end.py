@@ -217,6 +217,8 @@ def test_bad_cloud_reply(start_bridge: StartBridge, probe: Probe, base_topic: st
     cloud.fault = fault
     state = send(probe, base_topic, "truck-12", {})
     assert state["error"] == "bad_cloud_reply"
+    cloud.fault = Fault.NONE
+    assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
 
 
 def test_overloaded(start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud) -> None:

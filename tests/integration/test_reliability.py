@@ -50,6 +50,17 @@ def is_final(base: str) -> Callable[[Received], bool]:
     return check
 
 
+def assert_still_serves(probe: Probe, base: str, cloud: MockCloud) -> None:
+    """After a fault is gone, a new command is answered ok."""
+    cloud.fault = Fault.NONE
+    cloud.latency = 0.0
+    guid = str(uuid.uuid4())
+    cloud.default_behaviour = "ok"
+    probe.subscribe(f"{base}/{guid}/capture/state")
+    probe.publish(f"{base}/{guid}/capture/set", {"request_id": "alive"})
+    assert probe.final_states(f"{base}/{guid}/capture/state")[0]["status"] == "ok"
+
+
 def test_sigkill_mid_load_loses_nothing(
     start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
 ) -> None:
@@ -152,6 +163,7 @@ def test_transient_faults_are_retried(
     assert state["status"] == "ok"
     # A reset on a pooled connection may be retried once inside the HTTP client, so 2 or 3 tries.
     assert re.search(r"after [23] tries", state["message"])
+    assert_still_serves(probe, base_topic, cloud)
 
 
 def test_hang_past_timeout_is_not_retried(
@@ -165,6 +177,7 @@ def test_hang_past_timeout_is_not_retried(
     state = probe.final_states(f"{base_topic}/truck-12/capture/state")[0]
     assert (state["error"], state["code"]) == ("cloud_unreachable", None)
     assert cloud.instruction_count == before + 1, "a call that may have reached the device is not sent twice"
+    assert_still_serves(probe, base_topic, cloud)
 
 
 def test_token_storm_shares_one_login(
@@ -185,6 +198,7 @@ def test_token_storm_shares_one_login(
     finals = finals_by_request(probe, base_topic)
     assert all(finals[f"s-{i}"][0]["status"] == "ok" for i in range(20))
     assert cloud.login_count == logins + 1
+    assert_still_serves(probe, base_topic, cloud)
 
 
 def test_duplicate_request_id_fires_once(
@@ -214,7 +228,7 @@ def test_duplicate_request_id_fires_once(
     ids=["too-large", "bad-utf8", "deep-nesting"],
 )
 def test_hostile_payloads(
-    start_bridge: StartBridge, probe: Probe, base_topic: str, payload: bytes, fragment: str
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, payload: bytes, fragment: str
 ) -> None:
     start_bridge()
     probe.subscribe(f"{base_topic}/truck-12/capture/state")
@@ -222,6 +236,7 @@ def test_hostile_payloads(
     state = probe.final_states(f"{base_topic}/truck-12/capture/state")[0]
     assert state["error"] == "invalid_payload"
     assert fragment in state["message"]
+    assert_still_serves(probe, base_topic, cloud)
 
 
 def test_over_long_device_id(start_bridge: StartBridge, probe: Probe, base_topic: str) -> None:
