@@ -102,6 +102,8 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         max_in_flight=config.bridge.max_in_flight,
         max_backlog=config.bridge.max_backlog,
         publish_pending=config.bridge.publish_pending,
+        # A shared-group member may not come back soon: what reaches it while stopping runs now.
+        park_when_closed=config.mqtt.shared_group is None,
         journal=journal,
         dedupe_window=config.bridge.dedupe_window,
         observer=metrics,

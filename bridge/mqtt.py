@@ -111,6 +111,8 @@ class MqttAdapter:
         client.on_socket_close = self._socket_close
         client.on_socket_register_write = self._register_write
         client.on_socket_unregister_write = self._unregister_write
+        # Why the last attempt failed before the broker answered it (TLS alert, reset, ...).
+        self._connect_error: str | None = None
         return client
 
     # --- paho on the asyncio loop ---------------------------------------------
@@ -175,6 +177,8 @@ class MqttAdapter:
     def _handle_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
+        # The broker answered: stop formatting paho's per-packet log lines (see _connect_blocking).
+        client.on_log = None
         if reason.is_failure:
             self._refused = str(reason)
             log.error("broker %s:%d refused the connection: %s", self._config.host, self._config.port, reason)
@@ -310,6 +314,15 @@ class MqttAdapter:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = cfg.session_expiry if cfg.persistent_session else 0
             clean_start = not cfg.persistent_session
+
+        def note_error(client: paho.Client, userdata: Any, level: int, message: str) -> None:
+            # A broker that rejects us during TLS (e.g. a missing client certificate under TLS 1.3)
+            # just closes the socket; paho only says why in its log. Kept until the CONNACK.
+            if level == paho.MQTT_LOG_ERR:
+                self._connect_error = message
+
+        self._connect_error = None
+        self.client.on_log = note_error
         self.client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=clean_start,
                             properties=properties)
 
@@ -320,6 +333,8 @@ class MqttAdapter:
         delay = self._config.reconnect_min
         while not self._stopping:
             self._disconnected.clear()
+            self._refused = None
+            accepted = self.connect_count
             try:
                 await self._loop.run_in_executor(None, self._connect_blocking)
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -329,8 +344,20 @@ class MqttAdapter:
                 await self._disconnected.wait()
                 if self._stopping:
                     break
-                if self._refused is None:
+                if self.connect_count > accepted:
+                    # We were connected: the next drop starts the backoff afresh.
                     delay = self._config.reconnect_min
+                elif self._refused is None:
+                    # Closed before any CONNACK (refusals with a CONNACK were logged in _handle_connect):
+                    # say why, and back off as for a refusal instead of retrying at reconnect_min forever.
+                    hint = ""
+                    if self._config.tls and self._config.cert_file is None:
+                        hint = " (if the broker requires a client certificate, set mqtt.cert_file and mqtt.key_file)"
+                    elif not self._config.tls:
+                        hint = " (if this is a TLS port, use an mqtts:// URL)"
+                    log.error("broker %s:%d closed the connection before accepting it: %s%s; next try in %.1fs",
+                              self._config.host, self._config.port, self._connect_error or "no reason given",
+                              hint, delay)
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, self._config.reconnect_max)
 
@@ -339,9 +366,15 @@ class MqttAdapter:
         await self._connected.wait()
 
     def stop_intake(self) -> None:
-        """Stop subscribing on reconnects. The subscription itself stays: it is what makes the
-        broker queue commands for our persistent session while we are down."""
+        """Stop subscribing on reconnects.
+
+        Alone, the subscription stays: it is what makes the broker queue commands for our
+        persistent session while we are down. In a shared group we leave it, so the broker
+        gives the group's commands to the members that stay up.
+        """
         self._intake = False
+        if self._config.shared_group and self.connected:
+            self.client.unsubscribe(topics.set_filter(self._base, self._config.shared_group))
 
     async def close(self, grace: float = 5.0) -> None:
         """Publish `offline`, wait up to `grace` seconds for outstanding acknowledgements, disconnect."""

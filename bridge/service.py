@@ -142,6 +142,7 @@ class CaptureService:
         max_in_flight: int = 1024,
         max_backlog: int = 10000,
         publish_pending: bool = False,
+        park_when_closed: bool = True,
         journal: Journal | None = None,
         dedupe_window: float = 600.0,
         observer: Observer | None = None,
@@ -156,6 +157,7 @@ class CaptureService:
         self._max_in_flight = max_in_flight
         self._max_backlog = max_backlog
         self._publish_pending = publish_pending
+        self._park_when_closed = park_when_closed
         self._journal = journal
         self._dedupe_window = dedupe_window
         self._observer: Observer = observer or _NoObserver()
@@ -233,7 +235,7 @@ class CaptureService:
         if error is not None:
             self._finish(job, states.error_state(ctx, error))
             return
-        if self.closed:
+        if self.closed and self._park_when_closed:
             # Shutting down: the journal keeps it for the next start; without one, say so now.
             if self._journal is None:
                 self._finish(job, states.error_state(ctx, CloudError(ErrorCode.OVERLOADED, "bridge is shutting down")))

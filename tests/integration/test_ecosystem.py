@@ -1,0 +1,572 @@
+"""The bridge in its ecosystem: Home Assistant discovery, scale-out through shared subscriptions,
+TLS, broker authentication, Prometheus metrics and JSON logs.
+
+Everything goes through the real bridge process, a real Mosquitto and the mock cloud over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+import signal
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.mockcloud import Behaviour, MockCloud
+from tests.conftest import GUIDS, bridge_config
+from tests.support.bridge_proc import BridgeProcess, deep_merge
+from tests.support.broker import Broker, free_port
+from tests.support.probe import Probe, Received
+from tests.support.tls import Pki, SecureProbe, broker_extra, client_context, make_password_file, make_pki
+
+StartBridge = Callable[..., BridgeProcess]
+
+ONLINE = b'{"state":"online"}'
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def poll(check: Callable[[], bool], *, timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> None:
+    """Wait until `check()` is true, or fail after `timeout` seconds (`what` may be computed on failure)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what() if callable(what) else what}: not true after {timeout}s")
+        time.sleep(interval)  # ok: polling with a deadline
+
+
+def on_topic(topic: str) -> Callable[[Received], bool]:
+    """Matches messages on one topic."""
+    return lambda m: m.topic == topic
+
+
+def is_online(base: str) -> Callable[[Received], bool]:
+    """Matches a live (not retained) `online` on the bridge's availability topic."""
+    topic = f"{base}/bridge/state"
+    return lambda m: m.topic == topic and m.payload == ONLINE and not m.retain
+
+
+def wait_online(probe: Probe, base: str, timeout: float = 20.0) -> None:
+    """Wait for the bridge on `base` to announce itself online."""
+    probe.subscribe(f"{base}/bridge/state")
+    probe.wait_for(is_online(base), timeout=timeout)
+
+
+def send(probe: Probe, base: str, device: str, payload: bytes | str | dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """Publish one command and return its final state."""
+    state_topic = f"{base}/{device}/capture/state"
+    probe.subscribe(state_topic)
+    before = len([m for m in probe.on_topic(state_topic) if m.payload and m.json()["status"] != "pending"])
+    probe.publish(f"{base}/{device}/capture/set", payload, **kw)
+    return probe.final_states(state_topic, count=before + 1, timeout=15)[-1]
+
+
+@contextlib.contextmanager
+def running_bridge(workdir: Path, config: dict[str, Any], *args: str) -> Iterator[BridgeProcess]:
+    """A bridge process that is stopped (SIGTERM, then SIGKILL) whatever happens."""
+    proc = BridgeProcess(workdir, config).start(*args)
+    try:
+        yield proc
+    finally:
+        try:
+            proc.stop(timeout=15)
+        except Exception:
+            proc.kill()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """Status and body of a GET; HTTP errors are answers too."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+def http_answer(url: str, timeout: float = 15.0) -> tuple[int, str]:
+    """The first answer of a server that may still be starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return http_get(url)
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # ok: polling a port with a deadline
+
+
+def metric_value(text: str, sample_name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text, or None when absent."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def log_lines(bridge: BridgeProcess, needle: str) -> list[str]:
+    """Lines of the bridge log containing `needle`."""
+    return [line for line in bridge.log_text().splitlines() if needle in line]
+
+
+def gaps(lines: list[str]) -> list[float]:
+    """Seconds between consecutive human-format log lines (`2026-11-29 20:44:01,372 ...`)."""
+    times = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in lines]
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+
+
+# --- 1. Home Assistant discovery ----------------------------------------------------------------
+
+
+def test_home_assistant_discovery_buttons_and_rediscovery(
+    start_bridge: StartBridge, probe: Probe, base_topic: str
+) -> None:
+    prefix = f"ha{uuid.uuid4().hex[:8]}"
+    status_topic = f"{prefix}/status"
+    start_bridge({
+        "homeassistant": {"enabled": True, "prefix": prefix, "status_topic": status_topic},
+        "devices": {"front-cam": {"guid": GUIDS[Behaviour.OK], "name": "Front camera"}},
+    })
+    probe.subscribe(f"{prefix}/#")
+
+    def ours(m: Received) -> bool:
+        if not (m.topic.startswith(f"{prefix}/") and m.topic.endswith("/config") and m.payload):
+            return False
+        return bool(m.json().get("device", {}).get("name") == "Front camera")
+
+    found = probe.wait_for(ours, count=3, timeout=10)
+    configs = {m.topic: m.json() for m in found}
+    assert len(configs) == 3, sorted(configs)
+    for topic in configs:
+        assert re.fullmatch(rf"{prefix}/(button|sensor)/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+/config", topic), topic
+    buttons = {c["name"]: c for t, c in configs.items() if t.startswith(f"{prefix}/button/")}
+    sensors = [c for t, c in configs.items() if t.startswith(f"{prefix}/sensor/")]
+    assert sorted(buttons) == ["Record video", "Take photo"]
+    assert len(sensors) == 1
+    command_topic = f"{base_topic}/front-cam/capture/set"
+    for button in buttons.values():
+        assert button["command_topic"] == command_topic
+        assert button["retain"] is False  # a retained command would never run (and must not refire)
+    assert sensors[0]["state_topic"] == f"{base_topic}/front-cam/capture/state"
+    availability_topics = set()
+    for config in configs.values():
+        availability = config.get("availability") or [{"topic": config.get("availability_topic")}]
+        availability_topics |= {a["topic"] for a in availability}
+    assert availability_topics == {f"{base_topic}/bridge/state"}
+    unique_ids = [c["unique_id"] for c in configs.values()]
+    assert len(set(unique_ids)) == 3
+    assert all(isinstance(u, str) and u for u in unique_ids)
+    # The same HA device for all three entities.
+    assert len({json.dumps(c["device"]["identifiers"]) for c in configs.values()}) == 1
+
+    # Pressing the buttons the way HA does: payload_press on command_topic.
+    state_topic = f"{base_topic}/front-cam/capture/state"
+    probe.subscribe(state_topic)
+    for name, ftype in (("Take photo", 1), ("Record video", 2)):
+        button = buttons[name]
+        before = len([m for m in probe.on_topic(state_topic) if m.json()["status"] != "pending"])
+        probe.publish(button["command_topic"], button["payload_press"], qos=int(button.get("qos", 0)),
+                      retain=bool(button["retain"]))
+        state = probe.final_states(state_topic, count=before + 1, timeout=15)[-1]
+        assert state["status"] == "ok", state
+        assert state["request"]["FType"] == ftype
+
+    # HA restarted: it says `online` on its status topic and the bridge announces everything again.
+    counts = {topic: len(probe.on_topic(topic)) for topic in configs}
+    probe.publish(status_topic, b"offline")  # not a reason to announce
+    probe.publish(status_topic, b"online")
+    for topic, n in counts.items():
+        probe.wait_for(on_topic(topic), count=n + 1, timeout=10)
+    # The bridge takes messages in order and announces synchronously: once a command sent after `online`
+    # is answered, every announcement `offline` or `online` caused has reached us.
+    finals = len([m for m in probe.on_topic(state_topic) if m.json()["status"] != "pending"])
+    probe.publish(command_topic, buttons["Take photo"]["payload_press"])
+    probe.final_states(state_topic, count=finals + 1, timeout=15)
+    for topic, n in counts.items():
+        again = probe.on_topic(topic)
+        # Exactly one more: `offline`, which came first, announced nothing.
+        assert len(again) == n + 1, topic
+        assert not again[-1].retain  # a live copy
+        assert again[-1].json()["unique_id"] == configs[topic]["unique_id"]
+
+
+# --- 2. Shared subscriptions / scale-out --------------------------------------------------------
+
+
+def _start_group(start_bridge: StartBridge, base: str, tmp_path: Path, n: int) -> list[BridgeProcess]:
+    return [
+        start_bridge({
+            "mqtt": {"client_id": f"bridge-{base}-{i}", "shared_group": "capture"},
+            "bridge": {"journal_path": str(tmp_path / f"journal-{i}.sqlite")},
+            "logging": {"level": "INFO"},
+        })
+        for i in range(n)
+    ]
+
+
+def _instructions_by_guid(cloud: MockCloud, guids: set[str]) -> Counter[str]:
+    return Counter(
+        str(r.body["FAssetGUID"])
+        for r in list(cloud.requests)
+        if r.path.endswith("/Instruction") and r.body is not None and r.body.get("FAssetGUID") in guids
+    )
+
+
+def _is_state(base: str) -> Callable[[Received], bool]:
+    return lambda m: m.topic.startswith(f"{base}/") and m.topic.endswith("/capture/state") and bool(m.payload)
+
+
+def _barrier(probe: Probe, base: str) -> None:
+    # Everything the (acknowledged) bridges published before this reaches the probe before it.
+    marker = f"{base}/barrier/{uuid.uuid4().hex}"
+    probe.subscribe(marker)
+    probe.publish(marker, b"x")
+    probe.wait_for(lambda m: m.topic == marker, timeout=10)
+
+
+def _check_exactly_once(probe: Probe, cloud: MockCloud, base: str, guids: dict[str, str]) -> None:
+    finals = [m.json() for m in probe.messages if _is_state(base)(m)]
+    finals = [s for s in finals if s["status"] != "pending"]
+    per_request = Counter(s["request_id"] for s in finals)
+    assert set(per_request) == set(guids), f"missing {len(set(guids) - set(per_request))} request(s)"
+    duplicates = {r: n for r, n in per_request.items() if n != 1}
+    assert not duplicates, f"{len(duplicates)} request(s) answered more than once"
+    assert all(s["status"] == "ok" for s in finals)
+    assert all(s["asset_guid"] == guids[s["request_id"]] for s in finals)
+    sent = _instructions_by_guid(cloud, set(guids.values()))
+    assert sum(sent.values()) == len(guids)
+    assert set(sent.values()) == {1}
+
+
+def test_shared_subscription_spreads_work_exactly_once(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, tmp_path: Path
+) -> None:
+    cloud.default_behaviour = "ok"
+    cloud.latency = 0.05
+    bridges = _start_group(start_bridge, base_topic, tmp_path, 3)
+    probe.subscribe(f"{base_topic}/+/capture/state")
+    guids = {f"r{i}": str(uuid.uuid4()) for i in range(300)}
+    for request_id, guid in guids.items():
+        probe.publish(f"{base_topic}/{guid}/capture/set", {"request_id": request_id})
+    probe.wait_for(_is_state(base_topic), count=300, timeout=30)
+    # Stop all three (a clean stop waits for outstanding acknowledgements), then look for stragglers.
+    for bridge in bridges:
+        bridge.signal(signal.SIGTERM)
+    assert [bridge.wait(20) for bridge in bridges] == [0, 0, 0]
+    _barrier(probe, base_topic)
+    _check_exactly_once(probe, cloud, base_topic, guids)
+    done = [len(log_lines(b, "capture ok")) for b in bridges]
+    assert sum(done) == 300, done
+    assert sum(1 for n in done if n > 0) >= 2, f"the work was not shared: {done}"
+
+
+def test_shared_subscription_survives_losing_an_instance(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, tmp_path: Path
+) -> None:
+    cloud.default_behaviour = "ok"
+    cloud.latency = 0.05
+    bridges = _start_group(start_bridge, base_topic, tmp_path, 3)
+    probe.subscribe(f"{base_topic}/+/capture/state")
+    guids = {f"r{i}": str(uuid.uuid4()) for i in range(300)}
+    items = list(guids.items())
+    for request_id, guid in items[:100]:
+        probe.publish(f"{base_topic}/{guid}/capture/set", {"request_id": request_id})
+    # Scale in: one instance leaves with a clean SIGTERM while commands are running.
+    assert bridges[0].stop(timeout=20) == 0
+    for request_id, guid in items[100:]:
+        probe.publish(f"{base_topic}/{guid}/capture/set", {"request_id": request_id})
+    try:
+        probe.wait_for(_is_state(base_topic), count=300, timeout=10)
+    finally:
+        for bridge in bridges[1:]:
+            bridge.signal(signal.SIGTERM)
+        for bridge in bridges[1:]:
+            bridge.wait(20)
+    _barrier(probe, base_topic)
+    _check_exactly_once(probe, cloud, base_topic, guids)
+    done = [len(log_lines(b, "capture ok")) for b in bridges]
+    assert done[1] > 0
+    assert done[2] > 0
+    assert sum(done) == 300, done
+
+
+# --- 3. TLS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with server and client certificates."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Broker]:
+    """Mosquitto with only a TLS listener."""
+    b = Broker(tmp_path_factory.mktemp("mosquitto-tls"), tls=pki.server_files(), extra=broker_extra()).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def mtls_broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Broker]:
+    """Mosquitto with a TLS listener that requires a client certificate."""
+    b = Broker(tmp_path_factory.mktemp("mosquitto-mtls"), tls=pki.server_files(require_certificate=True),
+               extra=broker_extra()).start()
+    yield b
+    b.stop()
+
+
+def test_tls_with_ca_file_round_trip(
+    tls_broker: Broker, pki: Pki, cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    assert tls_broker.url.startswith("mqtts://127.0.0.1:")
+    config = deep_merge(bridge_config(tls_broker, cloud, base_topic, tmp_path),
+                        {"mqtt": {"ca_file": str(pki.ca_cert)}})
+    probe = SecureProbe(tls_broker.port, tls=client_context(pki.ca_cert))
+    try:
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            wait_online(probe, base_topic)
+            state = send(probe, base_topic, "truck-12", {"request_id": "tls-1"})
+            assert (state["status"], state["request_id"]) == ("ok", "tls-1")
+            assert f"connected to 127.0.0.1:{tls_broker.port}" in bridge.log_text()
+        assert "Traceback" not in bridge.log_text()
+    finally:
+        probe.close()
+
+
+def test_tls_untrusted_broker_is_a_clear_error(
+    tls_broker: Broker, pki: Pki, cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    # No ca_file: the system CAs do not know our test CA.
+    config = deep_merge(bridge_config(tls_broker, cloud, base_topic, tmp_path),
+                        {"mqtt": {"reconnect_min": 0.5, "reconnect_max": 1.0}})
+    probe = SecureProbe(tls_broker.port, tls=client_context(pki.ca_cert))
+    try:
+        probe.subscribe(f"{base_topic}/bridge/state")
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            bridge.wait_log("certificate verify failed", timeout=15)
+            poll(lambda: len(log_lines(bridge, "certificate verify failed")) >= 2, timeout=10,
+                 what="a second attempt")
+            assert bridge.proc is not None
+            assert bridge.proc.poll() is None, "the bridge must keep trying, not exit"
+            log = bridge.log_text()
+        assert "Traceback" not in log
+        for line in log_lines(bridge, "certificate verify failed"):
+            assert f"127.0.0.1:{tls_broker.port}" in line
+        assert not [m for m in probe.messages if m.payload == ONLINE]
+    finally:
+        probe.close()
+
+
+def test_tls_insecure_connects_without_ca(
+    tls_broker: Broker, pki: Pki, cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    config = deep_merge(bridge_config(tls_broker, cloud, base_topic, tmp_path), {"mqtt": {"tls_insecure": True}})
+    probe = SecureProbe(tls_broker.port, tls=client_context(pki.ca_cert))
+    try:
+        with running_bridge(tmp_path / "bridge", config):
+            wait_online(probe, base_topic)
+            assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
+    finally:
+        probe.close()
+
+
+def test_tls_client_certificate(
+    mtls_broker: Broker, pki: Pki, cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    config = deep_merge(bridge_config(mtls_broker, cloud, base_topic, tmp_path), {
+        "mqtt": {"ca_file": str(pki.ca_cert), "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)},
+    })
+    probe = SecureProbe(mtls_broker.port, tls=client_context(pki.ca_cert, pki.client_cert, pki.client_key))
+    try:
+        with running_bridge(tmp_path / "bridge", config):
+            wait_online(probe, base_topic)
+            assert send(probe, base_topic, "truck-12", {"request_id": "mtls"})["request_id"] == "mtls"
+    finally:
+        probe.close()
+
+
+def test_tls_missing_client_certificate_is_reported(
+    mtls_broker: Broker, pki: Pki, cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    config = deep_merge(bridge_config(mtls_broker, cloud, base_topic, tmp_path),
+                        {"mqtt": {"ca_file": str(pki.ca_cert), "reconnect_min": 0.5, "reconnect_max": 1.0}})
+    probe = SecureProbe(mtls_broker.port, tls=client_context(pki.ca_cert, pki.client_cert, pki.client_key))
+    try:
+        probe.subscribe(f"{base_topic}/bridge/state")
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            # Under TLS 1.3 the client's handshake completes before the server checks for a certificate:
+            # the rejection is an alert on the first read. It must still be logged, and backed off.
+            poll(lambda: len(log_lines(bridge, "certificate")) >= 3, timeout=10,
+                 what=lambda: f"three certificate errors in the log:\n{bridge.log_text()[-2000:]}")
+            assert bridge.proc is not None
+            assert bridge.proc.poll() is None, "the bridge must keep trying, not exit"
+            errors = log_lines(bridge, "certificate")
+        log = bridge.log_text()
+        for line in errors:
+            assert f"broker 127.0.0.1:{mtls_broker.port}" in line, line
+            assert " ERROR " in line or " WARNING " in line, line
+        # Delays 0.5 then 1.0 s (+-20 %): the second gap is a backed-off one, not reconnect_min again.
+        assert gaps(errors[:3])[1] >= 0.75, errors[:3]
+        assert "Traceback" not in log
+        assert not [m for m in probe.messages if m.payload == ONLINE]
+    finally:
+        probe.close()
+
+
+# --- 4. Authentication --------------------------------------------------------------------------
+
+BRIDGE_USER, BRIDGE_PASSWORD = "bridge", "Br1dge-pass-7f3e"
+PROBE_USER, PROBE_PASSWORD = "probe", "Pr0be-pass-91ac"
+WRONG_PASSWORD = "Wr0ng-pass-c4d2"
+
+
+@pytest.fixture(scope="module")
+def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Mosquitto with a password file and no anonymous access."""
+    workdir = tmp_path_factory.mktemp("mosquitto-auth")
+    passwords = make_password_file(workdir / "passwd", {BRIDGE_USER: BRIDGE_PASSWORD, PROBE_USER: PROBE_PASSWORD})
+    b = Broker(workdir, password_file=passwords, extra=broker_extra()).start()
+    yield b
+    b.stop()
+
+
+def test_auth_good_credentials(auth_broker: Broker, cloud: MockCloud, base_topic: str, tmp_path: Path) -> None:
+    config = deep_merge(bridge_config(auth_broker, cloud, base_topic, tmp_path),
+                        {"mqtt": {"username": BRIDGE_USER, "password": BRIDGE_PASSWORD}})
+    probe = SecureProbe(auth_broker.port, username=PROBE_USER, password=PROBE_PASSWORD)
+    try:
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            wait_online(probe, base_topic)
+            assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
+        assert BRIDGE_PASSWORD not in bridge.log_text()
+    finally:
+        probe.close()
+
+
+def test_auth_bad_password_backs_off_with_one_clear_line(
+    auth_broker: Broker, cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    config = deep_merge(bridge_config(auth_broker, cloud, base_topic, tmp_path), {
+        "mqtt": {"username": BRIDGE_USER, "password": WRONG_PASSWORD, "reconnect_min": 0.5, "reconnect_max": 2.0},
+    })
+    probe = SecureProbe(auth_broker.port, username=PROBE_USER, password=PROBE_PASSWORD)
+    try:
+        probe.subscribe(f"{base_topic}/bridge/state")
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            bridge.wait_log("refused the connection", timeout=15)
+            window_end = time.monotonic() + 4.0
+            while time.monotonic() < window_end:  # watch for 4 s: no online, still running
+                assert bridge.proc is not None
+                assert bridge.proc.poll() is None, bridge.log_text()
+                assert not [m for m in probe.messages if m.payload == ONLINE]
+                time.sleep(0.1)  # ok: observing a fixed window, not synchronising
+            attempts = log_lines(bridge, "refused the connection")
+        log = bridge.log_text()
+        # Attempts at ~0, 0.5, 1.5, 3.5 s (+-20 % jitter) after the first: a backoff, not a tight loop.
+        assert 2 <= len(attempts) <= 6, attempts
+        if len(attempts) >= 3:
+            between = gaps(attempts)
+            assert between[-1] >= 1.5 * between[0], between  # the delay grows
+        for line in attempts:
+            assert "Not authorized" in line
+            assert f"127.0.0.1:{auth_broker.port}" in line
+        # One line per attempt: nothing else warns about the connection.
+        noisy = [line for line in log.splitlines()
+                 if re.search(r"\b(WARNING|ERROR)\b", line) and "refused the connection" not in line]
+        assert not noisy, noisy
+        assert "Traceback" not in log
+        assert WRONG_PASSWORD not in log
+    finally:
+        probe.close()
+
+
+# --- 5. Metrics and health ----------------------------------------------------------------------
+
+
+def test_metrics_and_healthz(start_bridge: StartBridge, probe: Probe, base_topic: str) -> None:
+    port = free_port()
+    start_bridge({"metrics": {"port": port}})
+    status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
+    assert status == 200, body
+    assert json.loads(body) == {"status": "ok"}
+    assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
+    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    ok = metric_value(text, "capture_bridge_commands_total", status="ok", error="")
+    assert ok is not None
+    assert ok >= 1
+    assert metric_value(text, "capture_bridge_mqtt_connected") == 1.0
+    assert http_get(f"http://127.0.0.1:{port}/nope")[0] == 404
+
+
+def test_healthz_503_when_broker_unreachable(cloud: MockCloud, broker: Broker, base_topic: str,
+                                             tmp_path: Path) -> None:
+    port = free_port()
+    config = deep_merge(bridge_config(broker, cloud, base_topic, tmp_path), {
+        "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"},
+        "metrics": {"port": port},
+    })
+    with running_bridge(tmp_path / "bridge", config) as bridge:
+        status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
+        assert status == 503, body
+        bridge.wait_log("cannot reach broker")
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503
+        text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+        assert metric_value(text, "capture_bridge_mqtt_connected") == 0.0
+
+
+def test_healthz_follows_the_broker(cloud: MockCloud, base_topic: str, tmp_path: Path) -> None:
+    own = Broker(tmp_path / "mosquitto", extra=broker_extra()).start()
+    port = free_port()
+    config = deep_merge(bridge_config(own, cloud, base_topic, tmp_path), {"metrics": {"port": port}})
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        with running_bridge(tmp_path / "bridge", config):
+            http_answer(url)
+            poll(lambda: http_get(url)[0] == 200, timeout=15, what="healthy while connected")
+            own.stop()
+            poll(lambda: http_get(url)[0] == 503, timeout=15, what="unhealthy without the broker")
+            own.start()
+            poll(lambda: http_get(url)[0] == 200, timeout=15, what="healthy again after the broker returned")
+    finally:
+        own.stop()
+
+
+# --- 6. JSON logs -------------------------------------------------------------------------------
+
+
+def test_json_logs(start_bridge: StartBridge, probe: Probe, base_topic: str) -> None:
+    bridge = start_bridge(args=("--log-format", "json"))
+    assert send(probe, base_topic, "truck-12", {"request_id": "json-1"})["status"] == "ok"
+    assert send(probe, base_topic, "dev-offline", {"request_id": "json-2"})["error"] == "device_offline"
+    bridge.wait_log("capture ok")
+    assert bridge.stop() == 0
+    lines = [line for line in bridge.log_text().splitlines() if line.strip()]
+    assert lines
+    entries = []
+    for line in lines:
+        entry = json.loads(line)
+        assert isinstance(entry, dict), line
+        assert {"time", "level", "logger", "message"} <= set(entry), line
+        entries.append(entry)
+    ok = [e for e in entries if e["message"].startswith("capture ok")]
+    assert len(ok) == 1
+    assert (ok[0]["device"], ok[0]["request_id"], ok[0]["level"]) == ("truck-12", "json-1", "info")
+    failed = [e for e in entries if e.get("request_id") == "json-2"]
+    assert len(failed) == 1
+    assert (failed[0]["device"], failed[0]["error"], failed[0]["level"]) == ("dev-offline", "device_offline",
+                                                                              "warning")
