@@ -90,6 +90,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         lambda command: service.submit(command),
         on_connected=on_connected,
         on_disconnected=lambda: metrics.set_connected(False),
+        before_ack=lambda: service.flush(),
         handlers={config.homeassistant.status_topic: on_homeassistant_status} if announcements else None,
     )
     service = CaptureService(
@@ -132,7 +133,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         mqtt_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await mqtt_task
-        service.flush_journal()
+        service.flush()
         await http.aclose()
         if journal is not None:
             journal.close()

@@ -15,7 +15,7 @@ import yaml
 
 from bridge import __version__
 from bridge import state as states
-from bridge.app import install_signal_handlers, limits_of, make_http, run_bridge
+from bridge.app import install_signal_handlers, limits_of, make_http, raise_fd_limit, run_bridge
 from bridge.cloud import CloudClient
 from bridge.command import parse_command
 from bridge.config import Config, load_config
@@ -144,4 +144,5 @@ def mock_cloud(host: str, port: int, latency: float, default_behaviour: str | No
     """Run a local simulator of the cloud API (login + Instruction)."""
     from bridge.mockcloud import run_mock_cloud
 
+    raise_fd_limit(65536)  # one socket per simulated in-flight call
     run_mock_cloud(host, port, latency, default_behaviour or "unknown", token)

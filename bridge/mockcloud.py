@@ -809,6 +809,8 @@ def run_mock_cloud(host: str, port: int, latency: float, default_behaviour: str,
         latency=latency,
         default_behaviour=default_behaviour,
         fixed_tokens=(token,) if token else (),
+        # A long-running simulator must not keep every request body it ever saw.
+        record=False,
     )
     with contextlib.suppress(KeyboardInterrupt):  # only reached where signal handlers are unavailable
         asyncio.run(_run_until_signal(cloud))

@@ -35,7 +35,8 @@ from bridge.journal import Journal, JournalEntry
 log = logging.getLogger("bridge.service")
 
 MAX_DEVICE_ID = 128
-MAX_REMEMBERED = 100_000
+# request_ids remembered for de-duplication, at most (each holds its final state, ~0.6 KB).
+MAX_REMEMBERED = 10_000
 
 
 class StatePublisher(Protocol):
@@ -168,7 +169,7 @@ class CaptureService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._backlog = 0
         self._recent: OrderedDict[tuple[str, str, str], _Remembered] = OrderedDict()
-        self._acked: list[int] = []
+        self._to_publish: list[tuple[_Job, bytes]] = []
         self._flush_scheduled = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -215,6 +216,7 @@ class CaptureService:
         if self._is_duplicate(command, keys):
             if journal_id is not None and self._journal is not None:
                 self._journal.done([journal_id])
+                self._schedule_flush()
             return
 
         ctx = states.Context(
@@ -227,6 +229,7 @@ class CaptureService:
             journal_id = self._journal.add(
                 command.device, command.payload, command.response_topic, command.correlation
             )
+            self._schedule_flush()
         job = _Job(command, ctx, journal_id, now, keys, capture, error)
         for key in keys:
             self._recent.setdefault(key, _Remembered()).jobs.append(job)
@@ -370,10 +373,17 @@ class CaptureService:
         now = self._clock()
         for key in job.keys:
             known = self._recent.get(key)
-            if known is not None:
+            if known is None:
+                continue
+            if job in known.jobs:
+                known.jobs.remove(job)
+            if key[0] == "payload":
+                # A broker redelivers (DUP) only what we have not acknowledged, i.e. while it runs;
+                # remembering every payload for the whole window would cost memory for nothing.
+                if not known.jobs:
+                    del self._recent[key]
+            else:
                 known.state, known.finished_at = payload, now
-                if job in known.jobs:
-                    known.jobs.remove(job)
         status, error = state["status"], state["error"]
         self._observer.finished(status, error, now - job.received)
         extra = {"device": job.command.device, "request_id": job.ctx.request_id, "error": error}
@@ -381,7 +391,12 @@ class CaptureService:
             log.info("capture ok, file %s", state["file_id"], extra=extra)
         else:
             log.warning("capture %s: %s: %s", status, error, state["message"], extra=extra)
-        self._publish(job, payload, final=True)
+        if self._journal is not None and job.journal_id is not None:
+            # Published by flush(), once the state is committed: a crash can then only repeat it.
+            self._to_publish.append((job, payload))
+            self._schedule_flush()
+        else:
+            self._publish(job, payload, final=True)
 
     def _publish(self, job: _Job, state: dict[str, Any] | bytes, *, final: bool) -> None:
         payload = state if isinstance(state, bytes) else states.encode(state)
@@ -395,18 +410,25 @@ class CaptureService:
         )
 
     def _state_acked(self, journal_id: int) -> None:
-        # Deleting in batches keeps the journal cheap at thousands of commands a second.
-        self._acked.append(journal_id)
+        if self._journal is not None:
+            self._journal.done([journal_id])
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(0.05, self.flush_journal)
+            asyncio.get_running_loop().call_soon(self.flush)
 
-    def flush_journal(self) -> None:
-        """Forget every command whose state the broker has acknowledged."""
+    def flush(self) -> None:
+        """Commit the journal, then publish the states that waited for it (the MQTT adapter calls
+        this before it acknowledges commands, so a PUBACK never precedes its journal row)."""
         self._flush_scheduled = False
-        if self._acked and self._journal is not None:
-            done, self._acked = self._acked, []
-            self._journal.done(done)
+        if self._journal is not None:
+            self._journal.commit()
+        if self._to_publish:
+            ready, self._to_publish = self._to_publish, []
+            for job, payload in ready:
+                self._publish(job, payload, final=True)
 
     # --- shutdown --------------------------------------------------------------
 
