@@ -34,6 +34,8 @@ from bridge.service import Command
 
 log = logging.getLogger("bridge.mqtt")
 
+READ_BATCH = 256  # MQTT packets handled per socket wake-up at most
+
 ONLINE = json.dumps({"state": "online"}, separators=(",", ":")).encode()
 OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
 
@@ -148,9 +150,27 @@ class MqttAdapter:
         self._in_loop(watch)
 
     def _read(self) -> None:
-        rc = self.client.loop_read()
-        if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
-            log.debug("read loop ended: %s", paho.error_string(rc))
+        # paho's loop_read() handles ONE packet per call while nothing of ours is in flight, so a
+        # burst of commands arrived one per event-loop pass (measured: 1000 commands took 0.44 s to
+        # read). Drain what the socket holds, up to a bound that keeps the loop fair to HTTP work.
+        packet_read = getattr(self.client, "_packet_read", None)
+        if packet_read is None:  # a paho without the private reader: the slow, public way
+            self.client.loop_read()
+            return
+        for _ in range(READ_BATCH):
+            if self.client.socket() is None:
+                return
+            rc = packet_read()
+            if rc == paho.MQTT_ERR_AGAIN:
+                return
+            if rc != paho.MQTT_ERR_SUCCESS:
+                self.client._loop_rc_handle(rc)
+                return
+        # Batch full. A plain socket stays readable, but TLS may hold decrypted bytes the
+        # selector cannot see: come back for them on the next pass.
+        sock = self.client.socket()
+        if isinstance(sock, ssl.SSLSocket) and sock.pending() and self._loop is not None:
+            self._loop.call_soon(self._read)
 
     def _socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
