@@ -27,7 +27,7 @@ integration: install
 
 lint: install
 	$(BIN)/ruff check bridge tests bench
-	$(BIN)/mypy --strict bridge tests
+	$(BIN)/mypy --strict bridge tests bench
 
 bench: install
 	$(BIN)/python -m bench.run --suite full
