@@ -29,7 +29,7 @@ from tests.conftest import GUIDS, bridge_config
 from tests.support.bridge_proc import BridgeProcess, deep_merge
 from tests.support.broker import Broker, free_port
 from tests.support.probe import Probe, Received
-from tests.support.tls import Pki, SecureProbe, broker_extra, client_context, make_password_file, make_pki
+from tests.support.tls import Pki, broker_extra, client_context, make_password_file, make_pki
 
 StartBridge = Callable[..., BridgeProcess]
 
@@ -335,7 +335,7 @@ def test_tls_with_ca_file_round_trip(
     assert tls_broker.url.startswith("mqtts://127.0.0.1:")
     config = deep_merge(bridge_config(tls_broker, cloud, base_topic, tmp_path),
                         {"mqtt": {"ca_file": str(pki.ca_cert)}})
-    probe = SecureProbe(tls_broker.port, tls=client_context(pki.ca_cert))
+    probe = Probe(tls_broker.port, tls=client_context(pki.ca_cert))
     try:
         with running_bridge(tmp_path / "bridge", config) as bridge:
             wait_online(probe, base_topic)
@@ -353,7 +353,7 @@ def test_tls_untrusted_broker_is_a_clear_error(
     # No ca_file: the system CAs do not know our test CA.
     config = deep_merge(bridge_config(tls_broker, cloud, base_topic, tmp_path),
                         {"mqtt": {"reconnect_min": 0.5, "reconnect_max": 1.0}})
-    probe = SecureProbe(tls_broker.port, tls=client_context(pki.ca_cert))
+    probe = Probe(tls_broker.port, tls=client_context(pki.ca_cert))
     try:
         probe.subscribe(f"{base_topic}/bridge/state")
         with running_bridge(tmp_path / "bridge", config) as bridge:
@@ -375,7 +375,7 @@ def test_tls_insecure_connects_without_ca(
     tls_broker: Broker, pki: Pki, cloud: MockCloud, base_topic: str, tmp_path: Path
 ) -> None:
     config = deep_merge(bridge_config(tls_broker, cloud, base_topic, tmp_path), {"mqtt": {"tls_insecure": True}})
-    probe = SecureProbe(tls_broker.port, tls=client_context(pki.ca_cert))
+    probe = Probe(tls_broker.port, tls=client_context(pki.ca_cert))
     try:
         with running_bridge(tmp_path / "bridge", config):
             wait_online(probe, base_topic)
@@ -390,7 +390,7 @@ def test_tls_client_certificate(
     config = deep_merge(bridge_config(mtls_broker, cloud, base_topic, tmp_path), {
         "mqtt": {"ca_file": str(pki.ca_cert), "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)},
     })
-    probe = SecureProbe(mtls_broker.port, tls=client_context(pki.ca_cert, pki.client_cert, pki.client_key))
+    probe = Probe(mtls_broker.port, tls=client_context(pki.ca_cert, pki.client_cert, pki.client_key))
     try:
         with running_bridge(tmp_path / "bridge", config):
             wait_online(probe, base_topic)
@@ -404,7 +404,7 @@ def test_tls_missing_client_certificate_is_reported(
 ) -> None:
     config = deep_merge(bridge_config(mtls_broker, cloud, base_topic, tmp_path),
                         {"mqtt": {"ca_file": str(pki.ca_cert), "reconnect_min": 0.5, "reconnect_max": 1.0}})
-    probe = SecureProbe(mtls_broker.port, tls=client_context(pki.ca_cert, pki.client_cert, pki.client_key))
+    probe = Probe(mtls_broker.port, tls=client_context(pki.ca_cert, pki.client_cert, pki.client_key))
     try:
         probe.subscribe(f"{base_topic}/bridge/state")
         with running_bridge(tmp_path / "bridge", config) as bridge:
@@ -447,7 +447,7 @@ def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 def test_auth_good_credentials(auth_broker: Broker, cloud: MockCloud, base_topic: str, tmp_path: Path) -> None:
     config = deep_merge(bridge_config(auth_broker, cloud, base_topic, tmp_path),
                         {"mqtt": {"username": BRIDGE_USER, "password": BRIDGE_PASSWORD}})
-    probe = SecureProbe(auth_broker.port, username=PROBE_USER, password=PROBE_PASSWORD)
+    probe = Probe(auth_broker.port, username=PROBE_USER, password=PROBE_PASSWORD)
     try:
         with running_bridge(tmp_path / "bridge", config) as bridge:
             wait_online(probe, base_topic)
@@ -463,7 +463,7 @@ def test_auth_bad_password_backs_off_with_one_clear_line(
     config = deep_merge(bridge_config(auth_broker, cloud, base_topic, tmp_path), {
         "mqtt": {"username": BRIDGE_USER, "password": WRONG_PASSWORD, "reconnect_min": 0.5, "reconnect_max": 2.0},
     })
-    probe = SecureProbe(auth_broker.port, username=PROBE_USER, password=PROBE_PASSWORD)
+    probe = Probe(auth_broker.port, username=PROBE_USER, password=PROBE_PASSWORD)
     try:
         probe.subscribe(f"{base_topic}/bridge/state")
         with running_bridge(tmp_path / "bridge", config) as bridge:

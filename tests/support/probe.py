@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -33,7 +34,15 @@ class Received:
 class Probe:
     """A real paho client on its own thread that records every message it gets."""
 
-    def __init__(self, port: int, *, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        client_id: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
@@ -44,10 +53,17 @@ class Probe:
         self._connected = threading.Event()
         self._subscribed: set[str] = set()
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda *a: self._connected.set()
+        self.client.on_connect = lambda client, userdata, flags, reason, props: (
+            None if reason.is_failure else self._connected.set()
+        )
+        if tls is not None:
+            self.client.tls_set_context(tls)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._connected.wait(10):
+            self.client.loop_stop()
             raise TimeoutError("probe could not connect")
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

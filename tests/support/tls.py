@@ -11,16 +11,11 @@ import os
 import shutil
 import ssl
 import subprocess
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
 from tests.support.broker import TlsFiles
-from tests.support.probe import Probe, Received
 
 _EXTENSIONS = """\
 [ca]
@@ -106,46 +101,6 @@ def client_context(ca: Path | None, cert: Path | None = None, key: Path | None =
     if cert is not None:
         context.load_cert_chain(str(cert), str(key) if key else None)
     return context
-
-
-class SecureProbe(Probe):
-    """A `Probe` that connects over TLS and/or with a user name and password.
-
-    `Probe.__init__` connects at once, so this sets up the same attributes itself and
-    configures TLS and credentials before connecting; every other method is `Probe`'s.
-    """
-
-    def __init__(
-        self,
-        port: int,
-        *,
-        tls: ssl.SSLContext | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        client_id: str | None = None,
-    ) -> None:
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self.messages: list[Received] = []
-        self._cond = threading.Condition()
-        self._connected = threading.Event()
-        self._subscribed: set[str] = set()
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda client, userdata, flags, reason, props: (
-            None if reason.is_failure else self._connected.set()
-        )
-        if tls is not None:
-            self.client.tls_set_context(tls)
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not self._connected.wait(10):
-            self.client.loop_stop()
-            raise TimeoutError("secure probe could not connect")
 
 
 def broker_extra() -> str:
