@@ -212,7 +212,8 @@ class CaptureService:
             error = exc  # a bad payload is reported even when the device is unknown too
             request_id = request_id_of(command.payload) if len(command.payload) <= self._max_payload else None
 
-        keys = self._dedupe_keys(command, request_id)
+        # A rejected command fires nothing, so it is no reason to refuse its corrected resend.
+        keys = self._dedupe_keys(command, request_id) if error is None else ()
         if self._is_duplicate(command, keys):
             if journal_id is not None and self._journal is not None:
                 self._journal.done([journal_id])

@@ -848,3 +848,20 @@ def test_after_drain_new_commands_are_journaled_or_refused() -> None:
         assert cloud.calls == []
 
     run(go())
+
+
+def test_corrected_resend_with_same_request_id_runs() -> None:
+    """A rejected command is not remembered: fixing it and sending it again with the same
+    request_id must reach the cloud."""
+
+    async def go() -> None:
+        cloud, pub = FakeCloud(auto=True), FakePublisher()
+        svc = service(cloud, pub)
+        svc.submit(Command("truck-12", b'{"count": 0, "request_id": "r-fix"}'))
+        await settle()
+        svc.submit(Command("truck-12", b'{"count": 2, "request_id": "r-fix"}'))
+        await settle()
+        assert len(cloud.calls) == 1
+        assert [s["error"] for s in pub.finals()] == ["invalid_payload", None]
+
+    run(go())
