@@ -244,6 +244,9 @@ class MqttAdapter:
     ) -> None:
         was_connected, self.connected = self.connected, False
         self._connected.clear()
+        # Acks for this connection can no longer be sent; the broker redelivers those commands
+        # (DUP) on our persistent session and the service recognises the ones it already runs.
+        self._pending_acks.clear()
         if was_connected and not self._stopping:
             log.warning("disconnected from the broker: %s", reason)
         if self._on_disconnected is not None:
