@@ -103,8 +103,9 @@ def main() -> int:
     with MockCloud(port=0) as cloud, broker(workdir) as (port, protocol):
         print(f"mock cloud: {cloud.url} (user {DEMO_USER})")
         config: dict[str, Any] = {
+            # No persistent session: the demo must leave nothing behind on someone's broker.
             "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "client_id": base, "base_topic": base,
-                     "protocol": protocol},
+                     "protocol": protocol, "persistent_session": False},
             "cloud": {"base_url": cloud.url, "username": DEMO_USER, "password": DEMO_PASSWORD},
             "devices": {"truck-12": DEMO_GUID},
             "bridge": {"journal_path": str(workdir / "journal.sqlite")},
@@ -124,7 +125,7 @@ def main() -> int:
         def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage) -> None:
             if msg.topic.endswith("bridge/state") and b"online" in msg.payload:
                 online.set()
-            elif msg.topic.endswith("capture/state"):
+            elif msg.topic.endswith("capture/state") and msg.payload:
                 state = json.loads(msg.payload)
                 if state["status"] != "pending":
                     got.update(state)
@@ -140,7 +141,7 @@ def main() -> int:
                 return 1
             command = {"type": "photo", "count": 3, "resolution": "720p", "interval": 2, "request_id": "demo-1"}
             topic = f"{base}/truck-12/capture/set"
-            print(f"\n$ mosquitto_pub -t {topic} -q 1 -m '{json.dumps(command)}'")
+            print(f"\n$ mosquitto_pub -p {port} -t {topic} -q 1 -m '{json.dumps(command)}'")
             client.publish(topic, json.dumps(command), qos=1).wait_for_publish(10)
             if not done.wait(20):
                 print("demo: no state arrived", file=sys.stderr)
