@@ -224,7 +224,7 @@ class CaptureService:
             device=command.device,
             asset_guid=guid,
             request_id=request_id,
-            request=capture.api_params() if capture is not None and error is None else None,
+            request=capture.api_params() if capture is not None else None,
         )
         if journal_id is None and self._journal is not None:
             journal_id = self._journal.add(
