@@ -9,8 +9,9 @@ message each, on `<prefix>/<component>/capture_bridge/<object_id>/config`:
 
 All three share one HA device and go unavailable with the bridge
 (`<base>/bridge/state`). Publish the messages retained with QoS 1, and again
-when HA announces itself on `homeassistant.status_topic`; an empty retained
-payload on the same topics (`removal_messages`) deletes the entities.
+when HA announces itself on `homeassistant.status_topic`. (The bridge does not
+delete entities of devices removed from the config: clear their retained config
+topics by hand, or delete the device in HA.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,8 +171,3 @@ def discovery_messages(config: Config) -> list[tuple[str, bytes]]:
         for entity in ENTITIES
     ]
 
-
-def removal_messages(config: Config, device_ids: Iterable[str]) -> list[tuple[str, bytes]]:
-    """Empty retained payloads on the config topics of these devices: HA deletes their entities."""
-    prefix = config.homeassistant.prefix
-    return [(config_topic(prefix, device, entity), b"") for device in device_ids for entity in ENTITIES]

@@ -61,11 +61,6 @@ class Journal:
             self._db.execute("BEGIN")
             self._open = True
 
-    @property
-    def dirty(self) -> bool:
-        """Whether writes wait for `commit()`."""
-        return self._open
-
     def commit(self) -> None:
         """Make every write since the last commit durable."""
         if self._open:

@@ -77,7 +77,6 @@ class MqttAdapter:
         self._loop_thread: int | None = None
         self._acks: dict[int, Callable[[], None]] = {}
         self._disconnected = asyncio.Event()
-        self._connected = asyncio.Event()
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._stopping = False
@@ -216,7 +215,6 @@ class MqttAdapter:
             return
         self._refused = None
         self.connected = True
-        self._connected.set()
         self.connect_count += 1
         session = "resumed" if getattr(flags, "session_present", False) else "new"
         log.info("connected to %s:%d (MQTT %s, %s session)", self._config.host, self._config.port,
@@ -243,7 +241,6 @@ class MqttAdapter:
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
         was_connected, self.connected = self.connected, False
-        self._connected.clear()
         # Acks for this connection can no longer be sent; the broker redelivers those commands
         # (DUP) on our persistent session and the service recognises the ones it already runs.
         self._pending_acks.clear()
@@ -415,10 +412,6 @@ class MqttAdapter:
                               hint, delay)
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, self._config.reconnect_max)
-
-    async def wait_connected(self) -> None:
-        """Return once connected."""
-        await self._connected.wait()
 
     def stop_intake(self) -> None:
         """Stop subscribing on reconnects.

@@ -11,7 +11,7 @@ import pytest
 from bridge import __version__
 from bridge.command import PHOTO, VIDEO, decode_payload, parse_command
 from bridge.config import Config
-from bridge.discovery import discovery_messages, removal_messages, safe_id
+from bridge.discovery import discovery_messages, safe_id
 from bridge.topics import availability_topic, command_topic, state_topic
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
@@ -182,10 +182,3 @@ def test_custom_prefix() -> None:
     assert all(re.match(r"^ha/(button|sensor)/capture_bridge/truck-12_[a-z_]+/config$", t) for t in found)
 
 
-def test_removal_clears_the_same_topics() -> None:
-    config = make_config({"truck-12": GUID, "van-3": GUID2})
-    removal = removal_messages(config, ["truck-12"])
-    assert all(payload == b"" for _, payload in removal)
-    truck_topics = {t for t, p in discovery_messages(config) if b"devices/truck-12/" in p}
-    assert {t for t, _ in removal} == truck_topics
-    assert len(truck_topics) == 3
