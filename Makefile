@@ -36,7 +36,7 @@ bench-quick: install
 	$(BIN)/python -m bench.run --suite quick
 
 soak: install
-	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.soak --seconds 420 --settle 240
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results *.egg-info
