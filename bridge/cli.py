@@ -151,10 +151,12 @@ def check_config(config_path: str | None) -> None:
 @click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds per Instruction.")
 @click.option("--any-device", "default_behaviour", flag_value="ok", default=None,
               help="Answer ok for every GUID (default: only the demo devices; others get 106).")
-@click.option("--token", default=None, help="A fixed FTokenID the mock always accepts.")
-def mock_cloud(host: str, port: int, latency: float, default_behaviour: str | None, token: str | None) -> None:
+@click.option("--token", default=None, help="A fixed FTokenID the mock accepts (with --strict).")
+@click.option("--strict", is_flag=True, help="Only user demo / demo-password and issued tokens (default: any).")
+def mock_cloud(host: str, port: int, latency: float, default_behaviour: str | None, token: str | None,
+               strict: bool) -> None:
     """Run a local simulator of the cloud API (login + Instruction)."""
     from bridge.mockcloud import run_mock_cloud
 
     raise_fd_limit(65536)  # one socket per simulated in-flight call
-    run_mock_cloud(host, port, latency, default_behaviour or "unknown", token)
+    run_mock_cloud(host, port, latency, default_behaviour or "unknown", token, strict)

@@ -486,6 +486,10 @@ class MockCloud:
         self._fixed_tokens = tuple(fixed_tokens)
         self._tokens: set[str] = set(self._fixed_tokens)
         self.issued_tokens: list[str] = []
+        # open_access: any user logs in and any token not expired by expire_tokens() is accepted
+        # (the CLI default, so a real config works against the simulator unchanged).
+        self.open_access = False
+        self._expired: set[str] = set()
         self._login_path = self.base_path + "/login"
         self._instruction_path = self.base_path + "/Instruction"
         self._file_counter = 0
@@ -526,6 +530,7 @@ class MockCloud:
     # -- test helpers ---------------------------------------------------------------------------
     def expire_tokens(self) -> None:
         """Make every token issued so far, fixed ones included, answer 104."""
+        self._expired = self._expired | self._tokens | set(self.issued_tokens)
         self._tokens = set()  # a new set rather than clear(): the loop thread may be iterating/adding
 
     def instructions_for(self, guid: str) -> list[dict[str, Any]]:
@@ -698,6 +703,9 @@ class MockCloud:
         if not isinstance(user, str) or not user or not isinstance(password_md5, str) or not password_md5:
             return 200, _JSON, _result_payload(102, "FUserName and FPassword are required"), 0.0
         password = self.users.get(user)
+        if self.open_access and password is None:
+            password = user  # any account logs in: see `open_access`
+            password_md5 = hashlib.md5(password.encode(), usedforsecurity=False).hexdigest()
         expected = hashlib.md5(password.encode(), usedforsecurity=False).hexdigest() if password else ""
         if not password or not hmac.compare_digest(expected, password_md5.lower()):
             return 200, _JSON, _result_payload(103, "user name or password error"), 0.0
@@ -727,7 +735,7 @@ class MockCloud:
         token = body.get("FTokenID")
         if not isinstance(token, str) or not token:
             return 200, _JSON, _result_payload(102, "FTokenID is required"), latency
-        if token not in self._tokens:
+        if token not in self._tokens and not (self.open_access and token not in self._expired):
             return 200, _JSON, _result_payload(104, "token error"), latency
         if body.get("FAction") != ACTION:
             return 200, _JSON, _result_payload(102, "Action is error"), latency
@@ -791,7 +799,7 @@ async def _run_until_signal(cloud: MockCloud) -> None:
     try:
         print(
             f"mock-cloud listening on http://{cloud.host}:{cloud.port}{cloud.base_path} "
-            f"(user {DEMO_USER} / {DEMO_PASSWORD})",
+            + ("(any user and token accepted)" if cloud.open_access else f"(user {DEMO_USER} / {DEMO_PASSWORD})"),
             flush=True,
         )
         await stop.wait()
@@ -801,8 +809,14 @@ async def _run_until_signal(cloud: MockCloud) -> None:
             loop.remove_signal_handler(sig)
 
 
-def run_mock_cloud(host: str, port: int, latency: float, default_behaviour: str, token: str | None) -> None:
-    """Blocking entry point of `capture-bridge mock-cloud`: serve until SIGINT/SIGTERM."""
+def run_mock_cloud(
+    host: str, port: int, latency: float, default_behaviour: str, token: str | None, strict: bool = False
+) -> None:
+    """Blocking entry point of `capture-bridge mock-cloud`: serve until SIGINT/SIGTERM.
+
+    Unless `strict`, any user name/password logs in and any token is accepted, so a bridge
+    configured for the real cloud can be pointed at the simulator as it is.
+    """
     cloud = MockCloud(
         host=host,
         port=port,
@@ -812,5 +826,6 @@ def run_mock_cloud(host: str, port: int, latency: float, default_behaviour: str,
         # A long-running simulator must not keep every request body it ever saw.
         record=False,
     )
+    cloud.open_access = not strict
     with contextlib.suppress(KeyboardInterrupt):  # only reached where signal handlers are unavailable
         asyncio.run(_run_until_signal(cloud))

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -659,7 +660,7 @@ def test_serve_runs_in_the_current_loop_until_cancelled() -> None:
 
 def test_run_mock_cloud_prints_one_line_and_stops_on_sigterm() -> None:
     code = (
-        "from bridge.mockcloud import run_mock_cloud; run_mock_cloud('127.0.0.1', 0, 0.0, 'ok', 'cli-token')"
+        "from bridge.mockcloud import run_mock_cloud; run_mock_cloud('127.0.0.1', 0, 0.0, 'ok', 'cli-token', True)"
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     with subprocess.Popen(
@@ -686,3 +687,26 @@ def test_run_mock_cloud_prints_one_line_and_stops_on_sigterm() -> None:
     assert process.returncode == 0, stderr
     assert stdout == ""
     assert "cli-token" not in stderr
+
+
+def test_cli_mock_cloud_accepts_any_account_unless_strict() -> None:
+    """`capture-bridge mock-cloud` lets a config written for the real cloud work unchanged."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "bridge", "mock-cloud", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            match = re.fullmatch(r"mock-cloud listening on (\S+) \(any user and token accepted\)\n", line)
+            assert match, line
+            login = requests.post(match[1] + "/login", json={"FUserName": "fleet-admin", "FPassword": "0" * 32},
+                                  timeout=HTTP_TIMEOUT).json()
+            assert login["Result"] == 200
+            body = instruction_body(token="a-token-from-some-config", guid=OK_GUID)
+            assert requests.post(match[1] + "/Instruction", json=body, timeout=HTTP_TIMEOUT).json()["Result"] == 200
+            body = instruction_body(token="x", guid=str(uuid.uuid4()))
+            assert requests.post(match[1] + "/Instruction", json=body, timeout=HTTP_TIMEOUT).json()["Result"] == 106
+        finally:
+            process.terminate()
+            process.wait(10)
