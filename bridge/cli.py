@@ -18,7 +18,7 @@ from bridge import __version__
 from bridge import state as states
 from bridge.app import install_signal_handlers, limits_of, make_http, raise_fd_limit, run_bridge
 from bridge.cloud import CloudClient
-from bridge.command import parse_command
+from bridge.command import FIELDS, decode_payload, parse_command
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import redact, setup_logging
@@ -105,27 +105,36 @@ def _option_value(value: str | None) -> Any:
 @click.option("--resolution", help="0-3 or 360p/480p/720p/1080p.")
 @click.option("--interval", help="Seconds between photos.")
 @click.option("--request-id", help="Echoed in the state.")
+@click.option("--payload", help="A whole command as on capture/set (JSON); the options above override its keys.")
 def capture(device: str, config_path: str | None, camera: str | None, kind: str | None, count: str | None,
-            duration: str | None, resolution: str | None, interval: str | None, request_id: str | None) -> None:
+            duration: str | None, resolution: str | None, interval: str | None, request_id: str | None,
+            payload: str | None) -> None:
     """Send one capture straight to the cloud and print the state; exit 0 only when it is ok."""
     config = _load(config_path)
     setup_logging("WARNING", config.logging.format)
     raw = {"camera": camera, "type": kind, "count": count, "duration": duration,
            "resolution": resolution, "interval": interval}
-    data: dict[str, Any] = {k: _option_value(v) for k, v in raw.items() if v is not None}
+    options: dict[str, Any] = {k: _option_value(v) for k, v in raw.items() if v is not None}
     if request_id is not None:
-        data["request_id"] = request_id
-    state = asyncio.run(_capture_once(config, device, data))
+        options["request_id"] = request_id
+    state = asyncio.run(_capture_once(config, device, payload, options))
     click.echo(json.dumps(state, ensure_ascii=False))
     sys.exit(0 if state["status"] == states.OK else 1)
 
 
-async def _capture_once(config: Config, device: str, data: dict[str, Any]) -> dict[str, Any]:
+async def _capture_once(
+    config: Config, device: str, payload: str | None, options: dict[str, Any]
+) -> dict[str, Any]:
     devices = {name: entry.guid for name, entry in config.devices.items()}
-    ctx = states.Context(device=device, request_id=data.get("request_id")
-                         if isinstance(data.get("request_id"), str) else None)
+    rid = options.get("request_id")
+    ctx = states.Context(device=device, request_id=rid if isinstance(rid, str) else None)
     http = make_http(config.cloud, 4)
     try:
+        data = decode_payload(payload.encode(), config.bridge.max_payload_bytes) if payload else {}
+        # Options override the payload's keys, in either spelling.
+        for key, value in options.items():
+            data.pop(FIELDS.get(key, key), None)
+            data[key] = value
         command = parse_command(data, limits_of(config))
         guid = resolve_device(device, devices, config.bridge.guid_topic_ids)
         ctx = states.Context(device, guid, command.request_id, command.api_params())

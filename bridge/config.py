@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -45,7 +46,9 @@ class MqttConfig(_Section):
     password: SecretStr | None = None
     client_id: str = Field(default="capture-bridge", min_length=1, max_length=128)
     base_topic: str = "devices"
-    protocol: Literal["5", "3.1.1"] = "5"
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", validation_alias=AliasChoices("protocol", "protocol_version", "version")
+    )
     qos: Literal[0, 1, 2] = 1
     keepalive: int = Field(default=60, ge=5, le=3600)
     # A persistent session keeps QoS 1 commands queued on the broker while we are down.
@@ -62,10 +65,11 @@ class MqttConfig(_Section):
     @field_validator("protocol", mode="before")
     @classmethod
     def _protocol_as_text(cls, value: object) -> object:
-        # YAML reads `protocol: 5` as an int and `3.1.1` as a string; accept both spellings.
-        if value in (5, 5.0, "v5", "mqttv5"):
+        # YAML reads `protocol: 5` as an int and `3.1.1` as a string; accept the usual spellings.
+        text = str(value).strip().lower().removeprefix("mqtt").removeprefix("v")
+        if text in ("5", "5.0"):
             return "5"
-        if value in ("311", "v311", "3", 3, 4, "4"):
+        if text in ("3.1.1", "311", "4"):
             return "3.1.1"
         return value
 

@@ -319,3 +319,12 @@ def test_capture_cli_error_exit(tmp_path: Any, cloud: MockCloud) -> None:
     result = _capture_cli(tmp_path, cloud, "truck-12", "--count", "0")
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"] == "invalid_payload"
+
+
+def test_capture_cli_payload_option(tmp_path: Any, cloud: MockCloud) -> None:
+    result = _capture_cli(tmp_path, cloud, "truck-12", "--payload", '{"FType": 2, "FDuration": 4}', "--duration", "6")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["request"]["FDuration"] == 6
+    result = _capture_cli(tmp_path, cloud, "truck-12", "--payload", "not json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["error"] == "invalid_payload"
