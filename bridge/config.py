@@ -7,6 +7,7 @@ join with further `__`); values are read as YAML scalars, so `null`, `true` and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -253,7 +254,10 @@ class Config(_Section):
             return self.bridge.journal_path.expanduser()
         state = Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")).expanduser()
         safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", self.mqtt.client_id)
-        return state / "capture-bridge" / f"journal-{safe_id}.sqlite"
+        # The broker and base topic are part of the name: a journal holds commands of one
+        # session, and must never be replayed onto another broker's or topic tree's devices.
+        where = hashlib.sha256(f"{self.mqtt.url}|{self.mqtt.base_topic}".encode()).hexdigest()[:8]
+        return state / "capture-bridge" / f"journal-{safe_id}-{where}.sqlite"
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret replaced by `**********`."""
