@@ -233,7 +233,9 @@ class MqttAdapter:
     def _subscribe_commands(self) -> None:
         topic = topics.set_filter(self._base, self._config.shared_group)
         if self._v5:
-            self.client.subscribe(topic, options=SubscribeOptions(qos=1))
+            # Retain-as-published: a command published with retain=true is seen as retained even
+            # while we are connected, so it is never executed (it would re-fire on every restart).
+            self.client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
         else:
             self.client.subscribe(topic, qos=1)
 

@@ -328,3 +328,17 @@ def test_capture_cli_payload_option(tmp_path: Any, cloud: MockCloud) -> None:
     result = _capture_cli(tmp_path, cloud, "truck-12", "--payload", "not json")
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"] == "invalid_payload"
+
+
+def test_live_retained_command_is_not_executed(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    """Published with retain=true while the bridge runs: still never executed (MQTT 5 retain-as-published)."""
+    start_bridge()
+    guid = str(uuid.uuid4())
+    cloud.default_behaviour = "ok"
+    probe.publish(f"{base_topic}/{guid}/capture/set", {"request_id": "live-retained"}, retain=True)
+    # A later, normal command on the same device is answered; the retained one before it was dropped.
+    assert send(probe, base_topic, guid, {"request_id": "normal"})["request_id"] == "normal"
+    assert [b["FAssetGUID"] for b in cloud.instructions_for(guid)] == [guid]
+    probe.publish(f"{base_topic}/{guid}/capture/set", b"", retain=True)
