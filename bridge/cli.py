@@ -12,7 +12,6 @@ from collections.abc import Coroutine
 from typing import Any, NoReturn
 
 import click
-import yaml
 
 from bridge import __version__
 from bridge import state as states
@@ -151,7 +150,8 @@ async def _capture_once(
 def check_config(config_path: str | None) -> None:
     """Validate the config and print it, with every secret masked."""
     config = _load(config_path)
-    click.echo(yaml.safe_dump(config.masked(), sort_keys=False, allow_unicode=True), nl=False)
+    # JSON: readable, and parseable by both JSON and YAML tools.
+    click.echo(json.dumps(config.masked(), indent=2, ensure_ascii=False))
 
 
 @main.command("mock-cloud")
