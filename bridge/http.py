@@ -154,7 +154,9 @@ class _Connection(asyncio.Protocol):
         if self.reused and not self._got_data:
             self._fail(_StaleConnection(message, sent=True))
         else:
-            self._fail(HttpError(message, sent=True))
+            # Once part of a reply arrived, the server has acted on the request: a retry could
+            # fire the camera twice. A reset before any reply byte is the transient kind.
+            self._fail(HttpError(message, sent=True, retryable=not self._got_data))
 
     # -- used by HttpClient -------------------------------------------------------------
 

@@ -536,6 +536,7 @@ def test_reset_mid_reply_is_sent(reused: bool) -> None:
 
     error = run(main())
     assert error.sent is True
+    assert error.retryable is False, "part of a reply arrived: the server acted on it"
     assert error.message in ("connection reset", "server closed the connection mid-reply")
     # Part of a reply arrived, so even on a reused connection it must not be replayed.
     assert len(server.requests) == (2 if reused else 1)
