@@ -8,9 +8,11 @@ It sees the outside world through two small Protocols (`StatePublisher`,
 - at most one capture in flight per device; later ones wait their turn, in order;
 - at most `max_in_flight` cloud calls at once, at most `max_backlog` waiting:
   past that a command is answered `overloaded` at once;
-- a redelivered command (MQTT DUP, or a request_id seen within the window) does
-  not fire a second capture: while the first runs it is dropped, after it ends
-  the first one's state is published again.
+- a redelivered command does not fire a second capture: an MQTT DUP copy of one
+  still running is dropped; a request_id seen within the window is dropped while
+  the first runs and answered with the first one's state after it ended;
+- states wait for the journal commit (`flush`), which the MQTT adapter also calls
+  before it acknowledges commands.
 """
 
 from __future__ import annotations
