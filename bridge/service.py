@@ -216,7 +216,7 @@ class CaptureService:
 
         # A rejected command fires nothing, so it is no reason to refuse its corrected resend.
         keys = self._dedupe_keys(command, request_id) if error is None else ()
-        if self._is_duplicate(command, keys):
+        if self._is_duplicate(command, keys, now):
             if journal_id is not None and self._journal is not None:
                 self._journal.done([journal_id])
                 self._schedule_flush()
@@ -291,7 +291,7 @@ class CaptureService:
         keys.append(("payload", command.device, digest))
         return tuple(keys)
 
-    def _is_duplicate(self, command: Command, keys: tuple[tuple[str, str, str], ...]) -> bool:
+    def _is_duplicate(self, command: Command, keys: tuple[tuple[str, str, str], ...], now: float) -> bool:
         # The payload key only counts for a broker redelivery (DUP); the same payload sent
         # again on purpose is a new capture.
         for key in keys:
@@ -299,6 +299,11 @@ class CaptureService:
                 continue
             known = self._recent.get(key)
             if known is None or (not known.jobs and known.state is None):
+                continue
+            if not known.jobs and known.finished_at is not None and now - known.finished_at > self._dedupe_window:
+                # Expired: checked here, not only when another command sweeps the memory, or a quiet
+                # bridge would answer a reused request_id with the old photo forever.
+                del self._recent[key]
                 continue
             if known.state is None:
                 log.info("duplicate of a command still running, dropped", extra={"device": command.device})

@@ -529,6 +529,22 @@ def test_request_id_forgotten_after_the_window() -> None:
     run(go())
 
 
+def test_request_id_expires_without_any_other_command() -> None:
+    now = [0.0]
+
+    async def go() -> None:
+        cloud, pub = FakeCloud(auto=True), FakePublisher()
+        svc = service(cloud, pub, dedupe_window=60.0, clock=lambda: now[0])
+        svc.submit(cmd("truck-12", {"request_id": "r-1"}))
+        await settle()
+        now[0] = 61.0
+        svc.submit(cmd("truck-12", {"request_id": "r-1"}))
+        await settle()
+        assert len(cloud.calls) == 2
+
+    run(go())
+
+
 def test_dup_message_while_running_is_dropped_but_a_new_identical_one_runs() -> None:
     async def go() -> None:
         cloud, pub = FakeCloud(), FakePublisher()
