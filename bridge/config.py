@@ -39,12 +39,49 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _read_secret_file(key: str, path: object) -> str:
+    """The secret a `*_file` key points to (a Docker or Kubernetes secret), read once at load.
+
+    One trailing newline is dropped: `echo secret > file` and most secret stores add one.
+    A file that cannot be read stops the program with one line naming the key, never the content.
+    """
+    # ConfigError is not a ValueError, so pydantic lets it through untouched: the line names
+    # the full key instead of the section a model validator would be reported under.
+    try:
+        text = Path(str(path)).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+    text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if not text:
+        raise ConfigError(f"{key}: {path} is empty")
+    return text
+
+
+def _secret_from_file(data: object, section: str, field: str) -> object:
+    """Fill `field` from `<field>_file` in a section's raw data; both at once is a mistake."""
+    if not isinstance(data, Mapping):
+        return data
+    file_key = f"{field}_file"
+    path = data.get(file_key)
+    if path is None:
+        return data
+    if data.get(field) is not None:
+        raise ValueError(f"set {section}.{field} or {section}.{file_key}, not both")
+    if not isinstance(path, str | Path):
+        return data  # the field's own validation reports the wrong type
+    return {**data, field: _read_secret_file(f"{section}.{file_key}", path)}
+
+
 class MqttConfig(_Section):
     """How to reach the broker and where our topics live."""
 
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
+    # A file holding the password (Docker/Kubernetes secret); the content never shows in check-config.
+    password_file: Path | None = None
     client_id: str = Field(default="capture-bridge", min_length=1, max_length=128)
     base_topic: str = "devices"
     protocol: Literal["5", "3.1.1"] = Field(
@@ -106,6 +143,11 @@ class MqttConfig(_Section):
             raise ValueError("must be one topic level without wildcards")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: object) -> object:
+        return _secret_from_file(data, "mqtt", "password")
+
     @property
     def tls(self) -> bool:
         """Whether the URL asks for TLS."""
@@ -129,6 +171,9 @@ class CloudConfig(_Section):
     token: SecretStr | None = None
     username: str | None = None
     password: SecretStr | None = None
+    # Files holding the token / password (Docker/Kubernetes secrets), instead of the plain keys.
+    token_file: Path | None = None
+    password_file: Path | None = None
     connect_timeout: float = Field(default=5.0, gt=0)
     # The cloud holds an Instruction open ~15 s while it waits for the device.
     read_timeout: float = Field(default=20.0, gt=0)
@@ -151,6 +196,12 @@ class CloudConfig(_Section):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: object) -> object:
+        data = _secret_from_file(data, "cloud", "token")
+        return _secret_from_file(data, "cloud", "password")
 
     @model_validator(mode="after")
     def _credentials(self) -> CloudConfig:
