@@ -27,7 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.errors import ConfigError
+from bridge.command import Limits
+from bridge.errors import ConfigError, InvalidCommand
+from bridge.settings import parse_settings
 
 ENV_PREFIX = "CAPTURE_BRIDGE_"
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -211,10 +213,25 @@ class CloudConfig(_Section):
 
 
 class DeviceEntry(_Section):
-    """One device: its FAssetGUID and, optionally, a friendly name."""
+    """One device: its FAssetGUID and, optionally, a friendly name and capture defaults."""
 
     guid: str
     name: str | None = None
+    # Fields a command leaves out, when the device has no setting of its own (see bridge/settings.py).
+    defaults: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("defaults", mode="before")
+    @classmethod
+    def _check_defaults(cls, value: object) -> object:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a mapping of capture fields (camera, type, count, ...)")  # noqa: TRY004 - pydantic reports ValueError
+        try:
+            # Shape and names here; the limits of bridge.max_* are checked by Config.
+            return parse_settings(value, Limits(max_count=2**31, max_duration=2**31, max_interval=2**31))
+        except InvalidCommand as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("guid")
     @classmethod
@@ -235,7 +252,9 @@ class BridgeConfig(_Section):
     max_payload_bytes: int = Field(default=65536, ge=64)
     max_in_flight: int = Field(default=1024, ge=1, le=65536)
     max_backlog: int = Field(default=10000, ge=0)
-    publish_pending: bool = False
+    # null: on when Home Assistant discovery announces devices (HA shows a running capture as
+    # "pending"), off otherwise.
+    publish_pending: bool | None = None
     journal: bool = True
     journal_path: Path | None = None
     dedupe_window: float = Field(default=600.0, ge=0)
@@ -298,6 +317,26 @@ class Config(_Section):
                     raise ValueError(f"device id {key!r} is not a single topic level")
             return {str(k): _device_entry(v) for k, v in value.items()}
         return value
+
+    def limits(self) -> Limits:
+        """The command limits from `bridge.max_*`."""
+        return Limits(self.bridge.max_count, self.bridge.max_duration, self.bridge.max_interval)
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Config:
+        limits = self.limits()
+        for device, entry in self.devices.items():
+            try:
+                parse_settings(entry.defaults, limits)
+            except InvalidCommand as exc:
+                raise ValueError(f"devices.{device}.defaults: {exc.message} (limits are bridge.max_*)") from None
+        return self
+
+    def pending_states(self) -> bool:
+        """Whether a `pending` state is published when a command is accepted (`bridge.publish_pending`)."""
+        if self.bridge.publish_pending is not None:
+            return self.bridge.publish_pending
+        return self.homeassistant.enabled and bool(self.devices)
 
     def journal_file(self) -> Path:
         """Where the command journal lives."""

@@ -63,6 +63,7 @@ class MqttAdapter:
         on_disconnected: Callable[[], None] | None = None,
         before_ack: Callable[[], None] | None = None,
         handlers: dict[str, Callable[[bytes], None]] | None = None,
+        filter_handlers: dict[str, Callable[[str, bytes, bool], None]] | None = None,
     ) -> None:
         self._config = config
         self._on_command = on_command
@@ -71,6 +72,8 @@ class MqttAdapter:
         self._before_ack = before_ack
         self._pending_acks: list[tuple[int, int]] = []
         self._handlers = dict(handlers or {})
+        # Topic filter -> handler(topic, payload, retained); tried after the exact topics.
+        self._filter_handlers = dict(filter_handlers or {})
         self._base = config.base_topic
         self._v5 = config.protocol == "5"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -221,7 +224,7 @@ class MqttAdapter:
                  self._config.protocol, session)
         if self._intake:
             self._subscribe_commands()
-        for topic in self._handlers:
+        for topic in [*self._handlers, *self._filter_handlers]:
             client.subscribe(topic, qos=1)
         client.publish(topics.availability_topic(self._base), ONLINE, qos=1, retain=True)
         if self._on_connected is not None:
@@ -272,6 +275,10 @@ class MqttAdapter:
             if handler is not None:
                 handler(bytes(message.payload))
                 return
+            for topic_filter, on_match in self._filter_handlers.items():
+                if paho.topic_matches_sub(topic_filter, topic):
+                    on_match(topic, bytes(message.payload), bool(message.retain))
+                    return
             device = topics.device_of(topic, self._base)
             if device is None:
                 return

@@ -33,6 +33,7 @@ from bridge.command import CaptureCommand, Limits, decode_payload, parse_command
 from bridge.config import GUID_RE
 from bridge.errors import BridgeError, CloudError, ErrorCode, InvalidCommand, UnknownDevice
 from bridge.journal import Journal, JournalEntry
+from bridge.settings import with_settings
 
 log = logging.getLogger("bridge.service")
 
@@ -150,6 +151,7 @@ class CaptureService:
         dedupe_window: float = 600.0,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        defaults_for: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
         self._cloud = cloud
         self._publisher = publisher
@@ -165,6 +167,8 @@ class CaptureService:
         self._dedupe_window = dedupe_window
         self._observer: Observer = observer or _NoObserver()
         self._clock = clock
+        # The device's settings: what a command's missing fields become (bridge/settings.py).
+        self._defaults_for = defaults_for
         self._waiting: dict[str, deque[_Job]] = {}
         self._ready: deque[str] = deque()
         self._active: set[str] = set()
@@ -208,7 +212,10 @@ class CaptureService:
         except UnknownDevice as exc:
             error = exc
         try:
-            capture = parse_command(decode_payload(command.payload, self._max_payload), self._limits)
+            data = decode_payload(command.payload, self._max_payload)
+            if self._defaults_for is not None:
+                data = with_settings(data, self._defaults_for(command.device))
+            capture = parse_command(data, self._limits)
             request_id = capture.request_id
         except InvalidCommand as exc:
             error = exc  # a bad payload is reported even when the device is unknown too

@@ -35,3 +35,58 @@ def command_topic(base: str, device: str) -> str:
 def availability_topic(base: str) -> str:
     """The bridge's online/offline topic (retained, also the last will)."""
     return f"{base}/bridge/state"
+
+
+SETTINGS_SUFFIX = "capture/settings"
+SETTINGS_SET_SUFFIX = "capture/settings/set"
+EVENT_SUFFIX = "capture/event"
+CAMERA_SUFFIX = "camera/state"
+
+
+def settings_set_filter(base: str) -> str:
+    """The subscription for settings changes of every device."""
+    return f"{base}/+/{SETTINGS_SET_SUFFIX}"
+
+
+def device_of_settings_set(topic: str, base: str) -> str | None:
+    """`<base>/<id>/capture/settings/set` -> `<id>`; None for any other topic."""
+    prefix, suffix = base + "/", "/" + SETTINGS_SET_SUFFIX
+    if not topic.startswith(prefix) or not topic.endswith(suffix):
+        return None
+    device = topic[len(prefix) : -len(suffix)]
+    return device if device and "/" not in device else None
+
+
+def settings_topic(base: str, device: str) -> str:
+    """A device's current settings, every field (retained)."""
+    return f"{base}/{device}/{SETTINGS_SUFFIX}"
+
+
+def settings_set_topic(base: str, device: str) -> str:
+    """Where a device's settings are changed (partial settings)."""
+    return f"{base}/{device}/{SETTINGS_SET_SUFFIX}"
+
+
+def event_topic(base: str, device: str) -> str:
+    """One message per final state, never retained (Home Assistant's event entity)."""
+    return f"{base}/{device}/{EVENT_SUFFIX}"
+
+
+def camera_topic(base: str, device: str) -> str:
+    """The camera's reachability from its last cloud answer (retained)."""
+    return f"{base}/{device}/{CAMERA_SUFFIX}"
+
+
+def bridge_info_topic(base: str) -> str:
+    """Version, captures in flight and backlog (retained)."""
+    return f"{base}/bridge/info"
+
+
+def bridge_settings_topic(base: str) -> str:
+    """The bridge's memory of every device's chosen settings (retained)."""
+    return f"{base}/bridge/settings"
+
+
+def bridge_sync_topic(base: str, client_id: str) -> str:
+    """A marker the bridge sends itself after subscribing: retained messages before it have arrived."""
+    return f"{base}/bridge/sync/" + "".join("_" if c in "+#/" else c for c in client_id)

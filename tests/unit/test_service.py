@@ -881,3 +881,27 @@ def test_corrected_resend_with_same_request_id_runs() -> None:
         assert [s["error"] for s in pub.finals()] == ["invalid_payload", None]
 
     run(go())
+
+
+# --- per-device settings ---------------------------------------------------------------------
+
+
+def test_missing_fields_come_from_the_devices_settings_and_the_request_shows_them() -> None:
+    async def scenario() -> None:
+        cloud, pub = FakeCloud(), FakePublisher()
+        settings = {"truck-12": {"resolution": "1080p", "count": 3, "type": "photo"}}
+        svc = service(cloud, pub, defaults_for=lambda device: settings.get(device, {}))
+        svc.submit(cmd("truck-12", {"FCount": 1}))
+        await settle()
+        cloud.calls[0].release()
+        await settle()
+        assert cloud.calls[0].params["FResolution"] == 3  # the setting
+        assert cloud.calls[0].params["FCount"] == 1  # the command's own, in its API spelling
+        assert pub.states("truck-12")[-1]["request"] == cloud.calls[0].params
+        # A setting the command's type makes invalid is still checked like any command field.
+        settings["truck-12"]["count"] = 0
+        svc.submit(cmd("truck-12", {}))
+        await settle()
+        assert pub.states("truck-12")[-1]["error"] == "invalid_payload"
+
+    run(scenario())
