@@ -8,18 +8,52 @@ import logging
 import resource
 import signal
 import ssl
+from collections.abc import Callable
 
-from bridge import __version__, discovery
+from bridge import __version__, discovery, topics
 from bridge.cloud import CloudClient
 from bridge.command import Limits
+from bridge.companion import Companion
 from bridge.config import CloudConfig, Config
 from bridge.http import HttpClient
 from bridge.journal import Journal
 from bridge.metrics import Metrics, MetricsServer
 from bridge.mqtt import MqttAdapter
-from bridge.service import CaptureService
+from bridge.service import CaptureService, Command, StatePublisher
+from bridge.settings import SettingsStore
 
 log = logging.getLogger("bridge")
+
+# How long commands wait at start for the retained settings before running anyway.
+SYNC_TIMEOUT = 10.0
+# How often captures in flight and backlog are published on `<base>/bridge/info` (when changed).
+INFO_INTERVAL = 5.0
+
+
+class ObservedPublisher:
+    """The adapter's publish_state, and every state also shown to `observe` (terminal numbers for HA)."""
+
+    def __init__(self, inner: StatePublisher, observe: Callable[[str, bytes], None]) -> None:
+        self._inner = inner
+        self._observe = observe
+
+    def publish_state(
+        self,
+        device: str,
+        payload: bytes,
+        *,
+        retain: bool = True,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        on_acked: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish, then observe."""
+        self._inner.publish_state(device, payload, retain=retain, response_topic=response_topic,
+                                  correlation=correlation, on_acked=on_acked)
+        try:
+            self._observe(device, payload)
+        except Exception:  # a bug here must not lose the state's acknowledgement path
+            log.exception("observing a state failed")
 
 
 def cloud_ssl_context(config: CloudConfig) -> ssl.SSLContext | None:
@@ -69,46 +103,94 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
     devices = {name: entry.guid for name, entry in config.devices.items()}
 
     metrics = Metrics()
-    announcements = discovery.discovery_messages(config)
+    base = config.mqtt.base_topic
+    store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
+    companion = Companion(
+        config, lambda topic, payload, retain: adapter.publish(topic, payload, qos=1, retain=retain), store
+    )
+    loop = asyncio.get_running_loop()
+    # Commands wait for the retained settings (see bridge/companion.py); None once they are read.
+    held: list[Command] | None = []
+
+    def on_command(command: Command) -> None:
+        if held is None:
+            service.submit(command)
+        else:
+            held.append(command)
+
+    def on_synced(_payload: bytes = b"") -> None:
+        nonlocal held
+        if held is None:
+            return
+        companion.on_synced()
+        waiting, held = held, None
+        for command in waiting:
+            service.submit(command)
+
+    def sync_overdue() -> None:
+        if held is not None:
+            log.warning("the broker did not echo %s within %.0fs (ACL?); running commands with the settings known",
+                        sync_topic, SYNC_TIMEOUT)
+            on_synced()
+
+    sync_topic = topics.bridge_sync_topic(base, config.mqtt.client_id)
 
     def on_connected() -> None:
         metrics.set_connected(True)
-        announce()
+        if held is not None:
+            adapter.publish(sync_topic, b"sync", qos=1)
+            loop.call_later(SYNC_TIMEOUT, sync_overdue)
+        companion.publish_info(service.in_flight, service.backlog, force=True)
+        companion.announce()
 
-    def announce() -> None:
-        for topic, payload in announcements:
-            adapter.publish(topic, payload, qos=1, retain=True)
-
-    def on_homeassistant_status(payload: bytes) -> None:
-        # Home Assistant restarted and forgot its entities: announce them again.
-        if payload.strip() == b"online":
-            announce()
+    handlers: dict[str, Callable[[bytes], None]] = {
+        topics.bridge_settings_topic(base): companion.on_settings_snapshot,
+        sync_topic: on_synced,
+    }
+    filter_handlers: dict[str, Callable[[str, bytes, bool], None]] = {
+        topics.settings_set_filter(base): companion.on_settings_set,
+    }
+    if config.homeassistant.enabled:
+        handlers[config.homeassistant.status_topic] = companion.on_homeassistant_status
+        filter_handlers[discovery.cleanup_filter(config.homeassistant.prefix)] = companion.on_discovery_config
 
     service: CaptureService
     adapter = MqttAdapter(
         config.mqtt,
-        lambda command: service.submit(command),
+        on_command,
         on_connected=on_connected,
         on_disconnected=lambda: metrics.set_connected(False),
         before_ack=lambda: service.flush(),
-        handlers={config.homeassistant.status_topic: on_homeassistant_status} if announcements else None,
+        handlers=handlers,
+        filter_handlers=filter_handlers,
     )
+    publisher: StatePublisher = adapter
+    if config.homeassistant.enabled and config.devices:
+        publisher = ObservedPublisher(adapter, companion.observe_state)
     service = CaptureService(
         cloud,
-        adapter,
+        publisher,
         devices=devices,
         guid_topic_ids=config.bridge.guid_topic_ids,
         limits=limits_of(config),
         max_payload_bytes=config.bridge.max_payload_bytes,
         max_in_flight=config.bridge.max_in_flight,
         max_backlog=config.bridge.max_backlog,
-        publish_pending=config.bridge.publish_pending,
+        publish_pending=config.pending_states(),
         # A shared-group member may not come back soon: what reaches it while stopping runs now.
         park_when_closed=config.mqtt.shared_group is None,
         journal=journal,
         dedupe_window=config.bridge.dedupe_window,
         observer=metrics,
+        defaults_for=store.current,
     )
+
+    async def publish_info_now_and_then() -> None:
+        while True:
+            await asyncio.sleep(INFO_INTERVAL)
+            if adapter.connected:
+                companion.publish_info(service.in_flight, service.backlog)
+
     server: MetricsServer | None = None
     if config.metrics.port is not None:
         server = MetricsServer(metrics, config.metrics.host, config.metrics.port, healthy=lambda: adapter.connected)
@@ -119,16 +201,21 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
     if journal is not None:
         service.replay(journal.unfinished())
     mqtt_task = asyncio.create_task(adapter.run())
+    info_task = asyncio.create_task(publish_info_now_and_then())
     try:
         await stop.wait()
     finally:
         log.info("shutting down: no new commands, waiting up to %.0fs for %d running capture(s)",
                  config.bridge.shutdown_timeout, service.in_flight + service.backlog)
         adapter.stop_intake()
+        if held:
+            # Already acknowledged to the broker: hand them to the service (and its journal) now.
+            on_synced()
         unfinished = await service.drain(config.bridge.shutdown_timeout)
         if unfinished:
             log.warning("%d capture(s) did not finish in time; the journal keeps them for the next start",
                         unfinished)
+        info_task.cancel()
         await adapter.close()
         mqtt_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

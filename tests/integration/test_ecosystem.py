@@ -147,30 +147,28 @@ def test_home_assistant_discovery_buttons_and_rediscovery(
             return False
         return bool(m.json().get("device", {}).get("name") == "Front camera")
 
-    found = probe.wait_for(ours, count=3, timeout=10)
+    found = probe.wait_for(ours, count=14, timeout=10)
     configs = {m.topic: m.json() for m in found}
-    assert len(configs) == 3, sorted(configs)
+    assert len(configs) == 14, sorted(configs)
     for topic in configs:
-        assert re.fullmatch(rf"{prefix}/(button|sensor)/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+/config", topic), topic
+        assert re.fullmatch(rf"{prefix}/[a-z_]+/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+/config", topic), topic
     buttons = {c["name"]: c for t, c in configs.items() if t.startswith(f"{prefix}/button/")}
-    sensors = [c for t, c in configs.items() if t.startswith(f"{prefix}/sensor/")]
-    assert sorted(buttons) == ["Record video", "Take photo"]
-    assert len(sensors) == 1
+    assert sorted(buttons) == ["Capture", "Record video", "Take photo"]
     command_topic = f"{base_topic}/front-cam/capture/set"
     for button in buttons.values():
         assert button["command_topic"] == command_topic
         assert button["retain"] is False  # a retained command would never run (and must not refire)
-    assert sensors[0]["state_topic"] == f"{base_topic}/front-cam/capture/state"
     availability_topics = set()
     for config in configs.values():
         availability = config.get("availability") or [{"topic": config.get("availability_topic")}]
         availability_topics |= {a["topic"] for a in availability}
     assert availability_topics == {f"{base_topic}/bridge/state"}
     unique_ids = [c["unique_id"] for c in configs.values()]
-    assert len(set(unique_ids)) == 3
-    assert all(isinstance(u, str) and u for u in unique_ids)
-    # The same HA device for all three entities.
+    assert len(set(unique_ids)) == 14
+    # The same HA device for all of them, under the bridge device.
     assert len({json.dumps(c["device"]["identifiers"]) for c in configs.values()}) == 1
+    bridge_device = {c["device"]["via_device"] for c in configs.values()}
+    assert len(bridge_device) == 1
 
     # Pressing the buttons the way HA does: payload_press on command_topic.
     state_topic = f"{base_topic}/front-cam/capture/state"
@@ -183,6 +181,9 @@ def test_home_assistant_discovery_buttons_and_rediscovery(
         state = probe.final_states(state_topic, count=before + 1, timeout=15)[-1]
         assert state["status"] == "ok", state
         assert state["request"]["FType"] == ftype
+    # HA users see a running capture: with discovery on, a pending state comes first.
+    statuses = [m.json()["status"] for m in probe.on_topic(state_topic)]
+    assert statuses[-4:] == ["pending", "ok", "pending", "ok"], statuses
 
     # HA restarted: it says `online` on its status topic and the bridge announces everything again.
     counts = {topic: len(probe.on_topic(topic)) for topic in configs}
@@ -201,6 +202,58 @@ def test_home_assistant_discovery_buttons_and_rediscovery(
         assert len(again) == n + 1, topic
         assert not again[-1].retain  # a live copy
         assert again[-1].json()["unique_id"] == configs[topic]["unique_id"]
+
+
+def test_settings_shape_the_next_capture_and_survive_a_restart(
+    start_bridge: StartBridge, probe: Probe, base_topic: str
+) -> None:
+    overrides = {"devices": {"truck-12": {"guid": GUIDS[Behaviour.OK], "defaults": {"resolution": "480p"}}}}
+    bridge = start_bridge(overrides)
+    settings_topic = f"{base_topic}/truck-12/capture/settings"
+    state_topic = f"{base_topic}/truck-12/capture/state"
+    probe.subscribe(settings_topic)
+    probe.subscribe(state_topic)
+    first = probe.wait_for(on_topic(settings_topic), timeout=10)[-1].json()
+    assert first == {"camera": "main", "type": "photo", "count": 1, "duration": 10, "resolution": "480p",
+                     "interval": 0}
+
+    probe.publish(f"{base_topic}/truck-12/capture/settings/set", {"count": 3, "FInterval": 2})
+    probe.publish(f"{base_topic}/truck-12/capture/settings/set", {"count": 0})  # refused, nothing changes
+    shown = probe.wait_for(on_topic(settings_topic), count=3, timeout=10)
+    assert shown[1].json()["count"] == 3
+    assert shown[2].json() == shown[1].json()
+    probe.publish(f"{base_topic}/truck-12/capture/set", {"resolution": "1080p"}, qos=1)
+    state = probe.final_states(state_topic, timeout=15)[-1]
+    assert state["request"] == {"FCameraID": "0", "FType": 1, "FCount": 3, "FDuration": 0, "FResolution": 3,
+                                "FInterval": 2}
+    assert "count: must be between 1 and 100, got 0" in bridge.log_text()
+
+    # Restarted, and a command was waiting for it on the broker: it runs with the settings.
+    bridge.stop()
+    probe.publish(f"{base_topic}/truck-12/capture/set", {"request_id": "after-restart"}, qos=1)
+    start_bridge(overrides)
+    state = probe.wait_for(
+        lambda m: m.topic == state_topic and m.json().get("request_id") == "after-restart"
+        and m.json()["status"] != "pending", timeout=20,
+    )[-1].json()
+    assert state["request"]["FCount"] == 3
+    assert state["request"]["FResolution"] == 1  # the config's default, never chosen otherwise
+
+
+def test_devices_removed_from_the_config_leave_home_assistant(
+    start_bridge: StartBridge, probe: Probe, base_topic: str
+) -> None:
+    prefix = f"ha{uuid.uuid4().hex[:8]}"
+    ha = {"enabled": True, "prefix": prefix, "status_topic": f"{prefix}/status"}
+    two = {"homeassistant": ha, "devices": {"keep": GUIDS[Behaviour.OK], "gone": GUIDS[Behaviour.BUSY]}}
+    bridge = start_bridge(two)
+    probe.subscribe(f"{prefix}/#")
+    probe.wait_for(lambda m: "/gone_" in m.topic and bool(m.payload), count=14, timeout=10)
+    bridge.stop()
+    start_bridge({"homeassistant": ha, "devices": {"keep": GUIDS[Behaviour.OK]}})
+    cleared = probe.wait_for(lambda m: "/gone_" in m.topic and not m.payload, count=14, timeout=10)
+    assert len({m.topic for m in cleared}) == 14
+    assert all("/keep_" not in m.topic for m in probe.messages if not m.payload)
 
 
 # --- 2. Shared subscriptions / scale-out --------------------------------------------------------
