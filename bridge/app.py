@@ -8,6 +8,7 @@ import logging
 import resource
 import signal
 import ssl
+import time
 from collections.abc import Callable
 
 from bridge import __version__, discovery, topics
@@ -15,8 +16,9 @@ from bridge.cloud import CloudClient
 from bridge.command import Limits
 from bridge.companion import Companion
 from bridge.config import CloudConfig, Config
+from bridge.errors import ConfigError
 from bridge.http import HttpClient
-from bridge.journal import Journal
+from bridge.journal import Journal, JournalError
 from bridge.metrics import Metrics, MetricsServer
 from bridge.mqtt import MqttAdapter
 from bridge.service import CaptureService, Command, StatePublisher
@@ -94,20 +96,120 @@ def raise_fd_limit(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+class Announcer:
+    """Home Assistant discovery, announced again on request: coalesced and rate-limited.
+
+    One announcement is in flight at a time (until the broker has acknowledged every message of
+    it); requests meanwhile collapse into one more afterwards, and two start at least
+    `min_interval` seconds apart. A flapping `homeassistant/status` cannot flood the broker
+    or the bridge's publish queue, and the last request is always answered.
+
+    `announce` publishes through `publish` below (the Companion's publish callable), which
+    counts what an announcement sends and hands it to `send` with an ack hook.
+    """
+
+    def __init__(
+        self,
+        announce: Callable[[], None],
+        send: Callable[..., bool],
+        *,
+        min_interval: float = 5.0,
+        give_up: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._announce = announce
+        self._send = send
+        self._firing = False
+        self._min_interval = min_interval
+        self._give_up = give_up
+        self._clock = clock
+        self._in_flight = 0
+        self._again = False
+        self._started = -float("inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self.count = 0
+
+    def request(self) -> None:
+        """Announce now, or as soon as the one in flight is through and the interval has passed."""
+        if self._timer is not None:
+            return
+        now = self._clock()
+        # Acks lost with a connection are redelivered by paho; the deadline is a safety net only.
+        if self._in_flight and now - self._started < self._give_up:
+            self._again = True
+            return
+        wait = self._started + self._min_interval - now
+        if wait > 0:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._fire)
+            return
+        self._fire()
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._again = False
+        self._started = self._clock()
+        self.count += 1
+        self._in_flight = 0  # a given-up announcement's late acks cannot go below zero
+        self._firing = True
+        try:
+            self._announce()
+        finally:
+            self._firing = False
+        if not self._in_flight and self._again:
+            self._again = False
+            self.request()
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Publish at QoS 1; a message of an announcement counts until the broker has it."""
+        on_acked = None
+        if self._firing:
+            self._in_flight += 1
+            on_acked = self._acked
+        if not self._send(topic, payload, qos=1, retain=retain, on_acked=on_acked) and on_acked is not None:
+            self._acked()
+
+    def _acked(self) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+        if not self._in_flight and self._again and not self._firing:
+            self._again = False
+            self.request()
+
+    def cancel(self) -> None:
+        """Forget a scheduled announcement (shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def open_journal(config: Config) -> Journal | None:
+    """The command journal, or a ConfigError naming `bridge.journal_path` (one line, exit 2)."""
+    if not config.bridge.journal:
+        return None
+    try:
+        return Journal(config.journal_file())
+    except JournalError as exc:
+        raise ConfigError(f"bridge.journal_path: {exc}") from None
+
+
 async def run_bridge(config: Config, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then shut down gracefully."""
     raise_fd_limit(config.bridge.max_in_flight + 256)
     http = make_http(config.cloud, config.bridge.max_in_flight)
     cloud = CloudClient(http, config.cloud)
-    journal = Journal(config.journal_file()) if config.bridge.journal else None
+    journal = open_journal(config)
     devices = {name: entry.guid for name, entry in config.devices.items()}
 
     metrics = Metrics()
     base = config.mqtt.base_topic
     store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
-    companion = Companion(
-        config, lambda topic, payload, retain: adapter.publish(topic, payload, qos=1, retain=retain), store
-    )
+    companion = Companion(config, lambda topic, payload, retain: announcer.publish(topic, payload, retain), store)
+    # Discovery goes out through the announcer: however often HA says `online`, one at a time.
+    announcer = Announcer(companion.announce, lambda *args, **kw: adapter.publish(*args, **kw))
+
+    def on_homeassistant_status(payload: bytes) -> None:
+        if payload.strip() == b"online":
+            announcer.request()
+
     loop = asyncio.get_running_loop()
     # Commands wait for the retained settings (see bridge/companion.py); None once they are read.
     held: list[Command] | None = []
@@ -141,7 +243,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
             adapter.publish(sync_topic, b"sync", qos=1)
             loop.call_later(SYNC_TIMEOUT, sync_overdue)
         companion.publish_info(service.in_flight, service.backlog, force=True)
-        companion.announce()
+        announcer.request()
 
     handlers: dict[str, Callable[[bytes], None]] = {
         topics.bridge_settings_topic(base): companion.on_settings_snapshot,
@@ -151,7 +253,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         topics.settings_set_filter(base): companion.on_settings_set,
     }
     if config.homeassistant.enabled:
-        handlers[config.homeassistant.status_topic] = companion.on_homeassistant_status
+        handlers[config.homeassistant.status_topic] = on_homeassistant_status
         filter_handlers[discovery.cleanup_filter(config.homeassistant.prefix)] = companion.on_discovery_config
 
     service: CaptureService
@@ -163,6 +265,8 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         before_ack=lambda: service.flush(),
         handlers=handlers,
         filter_handlers=filter_handlers,
+        max_payload_bytes=config.bridge.max_payload_bytes,
+        discovery_prefix=config.homeassistant.prefix,
     )
     publisher: StatePublisher = adapter
     if config.homeassistant.enabled and config.devices:
@@ -183,6 +287,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         dedupe_window=config.bridge.dedupe_window,
         observer=metrics,
         defaults_for=store.current,
+        on_journal_writable=adapter.resume_acks,
     )
 
     async def publish_info_now_and_then() -> None:
@@ -193,15 +298,22 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
 
     server: MetricsServer | None = None
     if config.metrics.port is not None:
-        server = MetricsServer(metrics, config.metrics.host, config.metrics.port, healthy=lambda: adapter.connected)
+        # Unhealthy while commands cannot be taken: broker gone, or the journal cannot be written.
+        server = MetricsServer(metrics, config.metrics.host, config.metrics.port,
+                               healthy=lambda: adapter.connected and service.journal_ok)
         server.start()
         log.info("metrics on http://%s:%d/metrics, health on /healthz", config.metrics.host, server.port)
     log.info("capture-bridge %s starting: broker %s:%d, cloud %s, %d configured device(s)",
              __version__, config.mqtt.host, config.mqtt.port, config.cloud.base_url, len(devices))
     if journal is not None:
-        service.replay(journal.unfinished())
+        try:
+            entries = journal.unfinished()
+        except JournalError as exc:
+            raise ConfigError(f"bridge.journal_path: {exc}") from None
+        service.replay(entries)
     mqtt_task = asyncio.create_task(adapter.run())
     info_task = asyncio.create_task(publish_info_now_and_then())
+    watch_task = asyncio.create_task(service.watch_journal())
     try:
         await stop.wait()
     finally:
@@ -216,16 +328,23 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
             log.warning("%d capture(s) did not finish in time; the journal keeps them for the next start",
                         unfinished)
         info_task.cancel()
+        announcer.cancel()
         await adapter.close()
-        mqtt_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await mqtt_task
+        for task in (mqtt_task, watch_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         service.flush()
         await http.aclose()
-        if journal is not None:
-            journal.close()
         if server is not None:
             server.stop()
+        if journal is not None:
+            try:
+                journal.close()
+            except JournalError as exc:
+                # Nothing is lost: commands whose row is not durable were never acknowledged.
+                log.error("journal %s could not be written at shutdown (%s); unacknowledged commands stay"
+                          " with the broker", journal.path, exc)
         log.info("stopped")
 
 

@@ -205,7 +205,24 @@ def decode_payload(payload: bytes, max_bytes: int = 65536) -> dict[str, Any]:
         raise InvalidCommand("payload: not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidCommand("payload: must be a JSON object")
+    # json.loads turns a "\\ud800" escape into a lone surrogate, which no UTF-8 state can carry.
+    if "\\u" in text and _has_lone_surrogate(data):
+        raise InvalidCommand("payload: contains a lone UTF-16 surrogate escape (\\ud800-\\udfff)")
     return data
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def request_id_of(payload: bytes) -> str | None:
@@ -216,7 +233,7 @@ def request_id_of(payload: bytes) -> str | None:
         return None
     if isinstance(data, dict):
         rid = data.get("request_id")
-        if isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID:
+        if isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID and not _has_lone_surrogate(rid):
             return rid
     return None
 

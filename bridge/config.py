@@ -101,6 +101,9 @@ class MqttConfig(_Section):
     tls_insecure: bool = False
     reconnect_min: float = Field(default=1.0, gt=0)
     reconnect_max: float = Field(default=60.0, gt=0)
+    # Where a command's MQTT 5 Response Topic may send its state (topic filters). Whatever the
+    # list says, never a wildcard, a `$` topic, the base topic's tree or Home Assistant discovery.
+    response_topics: list[str] = Field(default_factory=lambda: ["#"])
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -136,6 +139,17 @@ class MqttConfig(_Section):
         value = value.strip("/")
         if not value or any(c in value for c in "+#\x00"):
             raise ValueError("must be a non-empty topic without wildcards")
+        return value
+
+    @field_validator("response_topics")
+    @classmethod
+    def _check_response_topics(cls, value: list[str]) -> list[str]:
+        for sub in value:
+            levels = sub.split("/")
+            bad_hash = "#" in sub and (levels[-1] != "#" or sub.count("#") > 1)
+            bad_plus = any("+" in level and level != "+" for level in levels)
+            if not sub or bad_hash or bad_plus or "\x00" in sub:
+                raise ValueError(f"{sub!r} is not an MQTT topic filter")
         return value
 
     @field_validator("shared_group")
@@ -197,6 +211,9 @@ class CloudConfig(_Section):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            # Credentials in a URL would show in check-config and logs: they belong in their own keys.
+            raise ValueError("must not carry credentials: use cloud.token, or cloud.username and cloud.password")
         return value.rstrip("/")
 
     @model_validator(mode="before")

@@ -2,12 +2,21 @@
 
 A command is written here before the broker gets its PUBACK, its final state is
 written here before it is published, and the row is deleted once the broker has
-acknowledged that state. Writes collect in one open transaction that the caller
-commits once per event-loop pass (`commit()`), before it sends the PUBACKs and
-states that depend on them: one commit per burst instead of three per command
-(measured: the journal cost ~180 us of CPU per command with a commit per write).
-At start, rows without a state are executed again and rows with a state have it
-published again: at-least-once, never silence.
+acknowledged that state. Writes collect in memory and are applied in one
+transaction by `commit()`, which the caller runs once per event-loop pass, before
+it sends the PUBACKs and states that depend on them: one commit per burst instead
+of three per command (measured: the journal cost ~180 us of CPU per command with
+a commit per write). At start, rows without a state are executed again and rows
+with a state have it published again: at-least-once, never silence.
+
+A commit that fails (disk full, I/O error, the file locked by someone else) is
+rolled back and its writes are kept, so the next `commit()` applies them again:
+nothing is half-written and nothing is forgotten. The caller decides what to do
+meanwhile (the service stops acknowledging and taking commands).
+
+A journal file deleted or replaced underneath us (a clean-up script, a restored
+backup) is noticed at the next commit or `check()`: the rows this process still
+holds are written to a fresh file at the same path.
 
 `synchronous=NORMAL` in WAL mode survives a killed process (SIGKILL); only a
 power cut can lose the last commits. That is the trade-off we chose for speed.
@@ -15,9 +24,15 @@ power cut can lose the last commits. That is the trade-off we chose for speed.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("bridge.journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -29,6 +44,10 @@ CREATE TABLE IF NOT EXISTS commands (
     state BLOB
 )
 """
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written; the message says why, without a traceback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,57 +62,157 @@ class JournalEntry:
     state: bytes | None
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 class Journal:
     """Durable record of accepted, unanswered commands."""
 
     def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Only the event-loop thread touches it; autocommit so every write is its own commit.
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
-        self._open = False
+        self._path = str(path)
+        self._memory = self._path == ":memory:"
+        self._inserts: list[tuple[int, str, bytes, str | None, bytes | None]] = []
+        self._updates: list[tuple[bytes, int]] = []
+        self._deletes: list[tuple[int]] = []
+        self._identity: tuple[int, int] | None = None
+        self._db = self._open()
+        row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM commands").fetchone()
+        self._next_id = int(row[0]) + 1
 
-    def _begin(self) -> None:
-        if not self._open:
-            self._db.execute("BEGIN")
-            self._open = True
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if not self._memory:
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            # Only the event-loop thread touches it; autocommit, transactions are ours (see commit).
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(SCHEMA)
+            except BaseException:
+                db.close()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open {self._path}: {_reason(exc)}") from None
+        self._identity = self._file_identity()
+        return db
 
-    def commit(self) -> None:
-        """Make every write since the last commit durable."""
-        if self._open:
-            self._db.execute("COMMIT")
-            self._open = False
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self._memory:
+            return None
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    @property
+    def path(self) -> str:
+        """Where the journal lives."""
+        return self._path
+
+    @property
+    def dirty(self) -> bool:
+        """Writes wait for a commit."""
+        return bool(self._inserts or self._updates or self._deletes)
 
     def add(self, device: str, payload: bytes, response_topic: str | None, correlation: bytes | None) -> int:
         """Record an accepted command (durable at the next commit); returns its id."""
-        self._begin()
-        cur = self._db.execute(
-            "INSERT INTO commands (device, payload, response_topic, correlation) VALUES (?, ?, ?, ?)",
-            (device, payload, response_topic, correlation),
-        )
-        return int(cur.lastrowid or 0)
+        entry_id = self._next_id
+        self._next_id += 1
+        self._inserts.append((entry_id, device, payload, response_topic, correlation))
+        return entry_id
 
     def answered(self, entry_id: int, state: bytes) -> None:
         """Record the final state (commit before publishing it)."""
-        self._begin()
-        self._db.execute("UPDATE commands SET state = ? WHERE id = ?", (state, entry_id))
+        self._updates.append((state, entry_id))
 
     def done(self, entry_ids: list[int]) -> None:
         """Forget commands whose final state the broker has acknowledged."""
-        self._begin()
-        self._db.executemany("DELETE FROM commands WHERE id = ?", [(i,) for i in entry_ids])
+        self._deletes.extend((i,) for i in entry_ids)
+
+    def check(self) -> None:
+        """Re-create the file if it was deleted or replaced since we opened it (logged at ERROR)."""
+        if self._memory or self._file_identity() == self._identity:
+            return
+        try:
+            rows = self._db.execute(
+                "SELECT id, device, payload, response_topic, correlation, state FROM commands"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read the journal being re-created: {_reason(exc)}") from None
+        what = "deleted"
+        if self._file_identity() is not None:
+            foreign = f"{self._path}.replaced-{int(time.time())}"
+            what = f"replaced (the other file was moved to {foreign})"
+            try:
+                os.replace(self._path, foreign)
+            except OSError as exc:
+                raise JournalError(f"cannot move the foreign file {self._path} aside: {_reason(exc)}") from None
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    os.replace(self._path + suffix, foreign + suffix)
+        # Closing the orphan checkpoints into the deleted inode and removes its -wal/-shm files,
+        # which a fresh database at the same path must not pick up.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        self._db = self._open()
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO commands VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            # The orphan is closed: these rows now live only in the retried writes.
+            self._inserts[:0] = [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+            self._updates[:0] = [(r[5], r[0]) for r in rows if r[5] is not None]
+            raise JournalError(f"cannot write the re-created journal: {_reason(exc)}") from None
+        log.error("journal file %s was %s; re-created it with the %d unfinished command(s) of this process",
+                  self._path, what, len(rows))
+
+    def commit(self) -> None:
+        """Make every write since the last successful commit durable, or raise JournalError and keep them."""
+        self.check()
+        if not self.dirty:
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            if self._inserts:
+                db.executemany(
+                    "INSERT OR REPLACE INTO commands (id, device, payload, response_topic, correlation)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    self._inserts,
+                )
+            if self._updates:
+                db.executemany("UPDATE commands SET state = ? WHERE id = ?", self._updates)
+            if self._deletes:
+                db.executemany("DELETE FROM commands WHERE id = ?", self._deletes)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise JournalError(_reason(exc)) from None
+        self._inserts, self._updates, self._deletes = [], [], []
 
     def unfinished(self) -> list[JournalEntry]:
         """Every command still open, oldest first."""
-        rows = self._db.execute(
-            "SELECT id, device, payload, response_topic, correlation, state FROM commands ORDER BY id"
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                "SELECT id, device, payload, response_topic, correlation, state FROM commands ORDER BY id"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read {self._path}: {_reason(exc)}") from None
         return [JournalEntry(*row) for row in rows]
 
     def close(self) -> None:
-        """Commit and close the database."""
-        self.commit()
-        self._db.close()
+        """Commit what can be committed and close the database."""
+        try:
+            self.commit()
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()

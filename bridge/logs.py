@@ -8,9 +8,27 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
+
+# C0 and C1 controls, DEL and the Unicode line/paragraph separators: in a line-oriented log
+# a client's request_id or topic with a newline would forge a line of its own.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+    if named is not None:
+        return named
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escape_control(text: str) -> str:
+    """`text` with every control character written as a visible escape (`\\n`, `\\x1b`, ...)."""
+    return _CONTROL.sub(_escape_control, text)
 
 
 class Redactor(logging.Filter):
@@ -68,15 +86,28 @@ class JsonFormatter(logging.Formatter):
 
 
 class HumanFormatter(logging.Formatter):
-    """`time level logger: message [device=.. request_id=..]`."""
+    """`time level logger: message [device=.. request_id=..]`, one line per record (plus a traceback)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Only the message is escaped: a traceback appended after it keeps its own lines.
+        record.message = escape_control(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        extras = [f"{k}={getattr(record, k)}" for k in ("device", "request_id") if getattr(record, k, None)]
-        return f"{text} [{' '.join(extras)}]" if extras else text
+        extras = [
+            f"{k}={escape_control(str(getattr(record, k)))}"
+            for k in ("device", "request_id")
+            if getattr(record, k, None)
+        ]
+        if not extras:
+            return text
+        # The bracket belongs to the message line, before any traceback.
+        head, sep, tail = text.partition("\n")
+        return f"{head} [{' '.join(extras)}]{sep}{tail}"
 
 
 def setup_logging(level: str = "INFO", fmt: str = "human") -> None:

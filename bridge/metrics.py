@@ -73,6 +73,12 @@ class Metrics:
         self._connected = Gauge(
             "capture_bridge_mqtt_connected", "1 while connected to the MQTT broker, else 0.", registry=self.registry
         )
+        self._journal_writable = Gauge(
+            "capture_bridge_journal_writable",
+            "1 while the command journal can be written, else 0 (commands are then not taken).",
+            registry=self.registry,
+        )
+        self._journal_writable.set(1)
         info = Gauge(
             "capture_bridge_build_info", "The running version (always 1).", ("version",), registry=self.registry
         )
@@ -97,6 +103,10 @@ class Metrics:
         """The current number of running cloud calls and waiting commands."""
         self._in_flight.set(in_flight)
         self._backlog.set(backlog)
+
+    def journal_writable(self, writable: bool) -> None:
+        """Whether the journal can be written (the bridge takes no commands while it cannot)."""
+        self._journal_writable.set(1 if writable else 0)
 
     def set_connected(self, connected: bool) -> None:
         """Whether the MQTT connection is up."""

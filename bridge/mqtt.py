@@ -17,8 +17,9 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -35,9 +36,53 @@ from bridge.service import Command
 log = logging.getLogger("bridge.mqtt")
 
 READ_BATCH = 256  # MQTT packets handled per socket wake-up at most
+# Messages waiting for the broker (queued in paho or by us) above which commands are no longer
+# acknowledged, so the broker stops sending them, until half of them are through. paho refuses a
+# 65,536th (its message ids are 16-bit); far below that, the wait stays a few seconds at most.
+PUBLISH_HIGH_WATER = 10_000
+# What an MQTT 5 broker may deliver to us beyond the largest command payload: the fixed header,
+# the topic and the properties (a Response Topic, Correlation Data).
+PACKET_OVERHEAD = 16_384
 
 ONLINE = json.dumps({"state": "online"}, separators=(",", ":")).encode()
 OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
+
+
+class _Queued(NamedTuple):
+    """A publish paho could not take yet (its queue was full); sent as acknowledgements free room."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties | None
+    on_acked: Callable[[], None] | None
+
+
+def shown(topic: str, limit: int = 120) -> str:
+    """A topic short enough for a log line."""
+    return topic if len(topic) <= limit else f"{topic[:limit]}... ({len(topic.encode())} bytes)"
+
+
+def response_topic_refusal(topic: str, allowed: Sequence[str], denied: Sequence[str]) -> str | None:
+    """Why the bridge must not publish a state to a command's Response Topic, or None when it may.
+
+    The bridge publishes with its own broker identity, so a Response Topic is a request to write
+    somewhere in its name: never a wildcard or a `$` topic, never under `denied` (the bridge's own
+    topics, Home Assistant discovery), and only where a filter of `allowed` matches.
+    """
+    if not topic:
+        return "empty"
+    if "+" in topic or "#" in topic:
+        return "has a wildcard"
+    if topic.startswith("$"):
+        return "is a $ topic"
+    for prefix in denied:
+        if topic == prefix or topic.startswith(prefix + "/"):
+            return f"is under {prefix}/, which the bridge owns"
+    if not any(paho.topic_matches_sub(sub, topic) for sub in allowed):
+        return "matches no filter of mqtt.response_topics"
+    return None
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -61,9 +106,11 @@ class MqttAdapter:
         *,
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
-        before_ack: Callable[[], None] | None = None,
+        before_ack: Callable[[], bool] | None = None,
         handlers: dict[str, Callable[[bytes], None]] | None = None,
         filter_handlers: dict[str, Callable[[str, bytes, bool], None]] | None = None,
+        max_payload_bytes: int | None = None,
+        discovery_prefix: str | None = None,
     ) -> None:
         self._config = config
         self._on_command = on_command
@@ -75,6 +122,11 @@ class MqttAdapter:
         # Topic filter -> handler(topic, payload, retained); tried after the exact topics.
         self._filter_handlers = dict(filter_handlers or {})
         self._base = config.base_topic
+        self._max_packet = max_payload_bytes + PACKET_OVERHEAD if max_payload_bytes is not None else None
+        self._response_allowed = tuple(config.response_topics)
+        self._response_denied = (self._base,) + ((discovery_prefix,) if discovery_prefix else ())
+        self._overflow: deque[_Queued] = deque()
+        self.backpressure = False
         self._v5 = config.protocol == "5"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -281,6 +333,8 @@ class MqttAdapter:
                     return
             device = topics.device_of(topic, self._base)
             if device is None:
+                if topic == topics.command_topic(self._base, ""):
+                    log.warning("ignored a command on %s: the device id is empty", topic)
                 return
             if message.retain:
                 # A retained command is stale: a restart must not fire old captures.
@@ -298,31 +352,66 @@ class MqttAdapter:
             log.exception("failed to hand over a message on %s", message.topic)
 
     def _flush_acks(self) -> None:
-        if not self._pending_acks:
+        if not self._pending_acks or self._held_back():
             return
         if self._before_ack is not None:
             try:
-                self._before_ack()
+                durable = self._before_ack()
             except Exception:
-                # Not durable: leave them unacknowledged, the broker will deliver them again.
                 log.exception("journal commit failed; commands not acknowledged")
-                self._pending_acks.clear()
+                durable = False
+            if not durable:
+                # Kept, not acknowledged: the broker stops sending once its in-flight window is full.
+                # resume_acks() sends them when the journal can be written again.
                 return
         acks, self._pending_acks = self._pending_acks, []
         for mid, qos in acks:
             self.client.ack(mid, qos)
 
+    def resume_acks(self) -> None:
+        """Acknowledge the commands held back (the journal is writable again, or the queue drained)."""
+        self._flush_acks()
+
+    def _waiting_publishes(self) -> int:
+        # paho's outgoing queue (private, but the only count there is) plus what it refused.
+        return len(getattr(self.client, "_out_messages", ())) + len(self._overflow)
+
+    def _held_back(self) -> bool:
+        """Back-pressure: too many messages wait for the broker to take more commands now."""
+        waiting = self._waiting_publishes()
+        if not self.backpressure and (waiting > PUBLISH_HIGH_WATER or self._overflow):
+            self.backpressure = True
+            log.warning("%d messages wait for the broker: not taking commands until they are through", waiting)
+        elif self.backpressure and waiting <= PUBLISH_HIGH_WATER // 2 and not self._overflow:
+            self.backpressure = False
+            log.info("the broker has caught up: taking commands again")
+        return self.backpressure
+
     def _handle_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
         callback = self._acks.pop(mid, None)
-        if not self._acks:
+        if self._overflow:
+            self._send_overflow()
+        if not self._acks and not self._overflow:
             self._all_acked.set()
         if callback is not None:
             try:
                 callback()
             except Exception:
                 log.exception("publish acknowledgement hook failed")
+        if self.backpressure and self._pending_acks and not self._held_back():
+            self._flush_acks()
+
+    def _send_overflow(self) -> None:
+        while self._overflow:
+            item = self._overflow[0]
+            info = self._paho_publish(item)
+            if info is not None and info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+                return
+            self._overflow.popleft()
+            if info is not None:
+                self._track(info, item)
 
     # --- publishing -------------------------------------------------------------
 
@@ -335,17 +424,44 @@ class MqttAdapter:
         retain: bool = False,
         properties: Properties | None = None,
         on_acked: Callable[[], None] | None = None,
-    ) -> None:
-        """Publish (queued by paho while disconnected); `on_acked` runs when the broker has it."""
-        info = self.client.publish(
-            topic, payload, qos=self._config.qos if qos is None else qos, retain=retain, properties=properties
-        )
-        if on_acked is not None:
-            if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) and (qos or self._config.qos):
-                self._acks[info.mid] = on_acked
-                self._all_acked.clear()
-            elif info.rc == paho.MQTT_ERR_SUCCESS:
-                on_acked()
+    ) -> bool:
+        """Publish (queued while disconnected or while paho's queue is full); never raises.
+
+        `on_acked` runs when the broker has it. Returns False, after a WARNING, when the topic
+        cannot be published at all (too long, a wildcard, not UTF-8).
+        """
+        item = _Queued(topic, payload, self._config.qos if qos is None else qos, retain, properties, on_acked)
+        if self._overflow:
+            self._overflow.append(item)  # behind what already waits, in order
+            return True
+        info = self._paho_publish(item)
+        if info is None:
+            return False
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            # States are never dropped: kept here until acknowledgements make room (_handle_publish).
+            self._overflow.append(item)
+            self._all_acked.clear()
+            return True
+        self._track(info, item)
+        return True
+
+    def _paho_publish(self, item: _Queued) -> paho.MQTTMessageInfo | None:
+        try:
+            return self.client.publish(
+                item.topic, item.payload, qos=item.qos, retain=item.retain, properties=item.properties
+            )
+        except ValueError as exc:  # UnicodeEncodeError is one too
+            log.warning("cannot publish to %s: %s", shown(item.topic), exc)
+            return None
+
+    def _track(self, info: paho.MQTTMessageInfo, item: _Queued) -> None:
+        if item.on_acked is None:
+            return
+        if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) and item.qos:
+            self._acks[info.mid] = item.on_acked
+            self._all_acked.clear()
+        elif info.rc == paho.MQTT_ERR_SUCCESS:
+            item.on_acked()
 
     def publish_state(
         self,
@@ -357,13 +473,28 @@ class MqttAdapter:
         correlation: bytes | None = None,
         on_acked: Callable[[], None] | None = None,
     ) -> None:
-        """The state, retained on the device's state topic; the final one also to the Response Topic."""
-        self.publish(topics.state_topic(self._base, device), payload, retain=retain, on_acked=on_acked)
+        """The state, retained on the device's state topic; the final one also to the Response Topic.
+
+        Never raises. When neither topic can be published, the state is dropped with a WARNING
+        and `on_acked` runs at once: no broker will ever acknowledge it.
+        """
+        sent = self.publish(topics.state_topic(self._base, device), payload, retain=retain, on_acked=on_acked)
         if response_topic and self._v5:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if correlation is not None:
-                props.CorrelationData = correlation
-            self.publish(response_topic, payload, retain=False, properties=props)
+            refusal = response_topic_refusal(response_topic, self._response_allowed, self._response_denied)
+            if refusal is not None:
+                log.warning("Response Topic %s refused (%s): the state goes only to the state topic",
+                            shown(response_topic), refusal, extra={"device": device})
+            else:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                if correlation is not None:
+                    props.CorrelationData = correlation
+                if self.publish(response_topic, payload, retain=False, properties=props,
+                                on_acked=None if sent else on_acked):
+                    return
+        if not sent:
+            log.warning("state dropped: no topic it can be published on", extra={"device": device})
+            if on_acked is not None:
+                on_acked()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -374,6 +505,9 @@ class MqttAdapter:
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = cfg.session_expiry if cfg.persistent_session else 0
+            if self._max_packet is not None:
+                # The broker drops larger messages instead of sending them to us to refuse.
+                properties.MaximumPacketSize = self._max_packet
             clean_start = not cfg.persistent_session
 
         def note_error(client: paho.Client, userdata: Any, level: int, message: str) -> None:

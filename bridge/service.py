@@ -12,7 +12,16 @@ It sees the outside world through two small Protocols (`StatePublisher`,
   still running is dropped; a request_id seen within the window is dropped while
   the first runs and answered with the first one's state after it ended;
 - states wait for the journal commit (`flush`), which the MQTT adapter also calls
-  before it acknowledges commands.
+  before it acknowledges commands;
+- one device is one FAssetGUID: ordering, the one-capture-per-device rule and
+  de-duplication key on the resolved GUID (case-insensitive), whatever topic id
+  (alias, lower or upper case GUID) the command came in on; its states still go
+  to the topic it came in on;
+- while the journal cannot be written (disk full, file gone), `flush` says so
+  and the MQTT adapter stops acknowledging; new commands are parked, not run, so
+  nothing fires that a crash could not take back. The commit is retried every
+  second and everything resumes by itself;
+- nothing a client sends can raise out of `submit`, `flush` or `replay`.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bridge import state as states
@@ -32,18 +41,27 @@ from bridge.cloud import InstructionReply
 from bridge.command import CaptureCommand, Limits, decode_payload, parse_command, request_id_of
 from bridge.config import GUID_RE
 from bridge.errors import BridgeError, CloudError, ErrorCode, InvalidCommand, UnknownDevice
-from bridge.journal import Journal, JournalEntry
+from bridge.journal import Journal, JournalEntry, JournalError
 from bridge.settings import with_settings
 
 log = logging.getLogger("bridge.service")
 
 MAX_DEVICE_ID = 128
-# request_ids remembered for de-duplication, at most (each holds its final state, ~0.6 KB).
+# Finished request_ids remembered for de-duplication, at most (each holds its final state, ~0.6 KB).
+# Running commands are always remembered: forgetting one would let its resend fire a second capture.
 MAX_REMEMBERED = 10_000
+# Seconds between attempts to write a journal that failed (disk full, I/O error).
+JOURNAL_RETRY = 1.0
+
+DedupeKey = tuple[str, str, str]
 
 
 class StatePublisher(Protocol):
-    """Publishes a state to `<base>/<device>/capture/state` (and a response topic, if any)."""
+    """Publishes a state to `<base>/<device>/capture/state` (and a response topic, if any).
+
+    It never raises: a topic that cannot be published is logged, and `on_acked` runs when
+    the broker has the state or when no topic could take it (nothing will ever ack it).
+    """
 
     def publish_state(
         self,
@@ -72,6 +90,8 @@ class Observer(Protocol):
 
     def load(self, in_flight: int, backlog: int) -> None: ...
 
+    def journal_writable(self, writable: bool) -> None: ...
+
 
 class _NoObserver:
     def finished(self, status: str, error: str | None, seconds: float) -> None:
@@ -81,6 +101,9 @@ class _NoObserver:
         pass
 
     def load(self, in_flight: int, backlog: int) -> None:
+        pass
+
+    def journal_writable(self, writable: bool) -> None:
         pass
 
 
@@ -101,18 +124,19 @@ class _Job:
     ctx: states.Context
     journal_id: int | None
     received: float
-    keys: tuple[tuple[str, str, str], ...]
+    keys: tuple[DedupeKey, ...]
+    # The device as the queues know it: the GUID in lower case, else the topic id.
+    key: str = ""
     capture: CaptureCommand | None = None
     error: BridgeError | None = None
 
 
 @dataclass(slots=True)
 class _Remembered:
-    """What we know of a recent command, for de-duplication."""
+    """A finished command's final state, for de-duplication."""
 
-    state: bytes | None = None
-    finished_at: float | None = None
-    jobs: list[_Job] = field(default_factory=list)
+    state: bytes
+    finished_at: float
 
 
 def resolve_device(
@@ -150,6 +174,7 @@ class CaptureService:
         journal: Journal | None = None,
         dedupe_window: float = 600.0,
         observer: Observer | None = None,
+        on_journal_writable: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         defaults_for: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
@@ -166,6 +191,7 @@ class CaptureService:
         self._journal = journal
         self._dedupe_window = dedupe_window
         self._observer: Observer = observer or _NoObserver()
+        self._on_journal_writable = on_journal_writable
         self._clock = clock
         # The device's settings: what a command's missing fields become (bridge/settings.py).
         self._defaults_for = defaults_for
@@ -174,13 +200,19 @@ class CaptureService:
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._backlog = 0
-        self._recent: OrderedDict[tuple[str, str, str], _Remembered] = OrderedDict()
+        # De-duplication memory: running commands (never evicted) and finished ones, oldest first.
+        self._running: dict[DedupeKey, list[_Job]] = {}
+        self._recent: OrderedDict[DedupeKey, _Remembered] = OrderedDict()
         self._to_publish: list[tuple[_Job, bytes]] = []
         self._flush_scheduled = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = False
         self._cancelling = False
+        # Journal health: while it cannot be written, commands wait here (not run, not acknowledged).
+        self.journal_ok = True
+        self._parked: deque[Command] = deque()
+        self._retry: asyncio.TimerHandle | None = None
 
     # --- intake ---------------------------------------------------------------
 
@@ -197,9 +229,23 @@ class CaptureService:
     def submit(self, command: Command, journal_id: int | None = None) -> None:
         """Accept one command from MQTT; never blocks, never raises."""
         try:
+            if not self.journal_ok and journal_id is None:
+                self._park(command)
+                return
             self._submit(command, journal_id)
         except Exception:  # a bug here must not kill the MQTT loop
-            log.exception("could not accept a command for %s", command.device)
+            log.exception("could not accept a command", extra={"device": command.device})
+
+    def _park(self, command: Command) -> None:
+        # Not durable, so not run: it is not acknowledged either, and the broker's in-flight window
+        # stops it sending more. QoS 0 commands are not bounded by that window: shed past the backlog.
+        if len(self._parked) >= max(self._max_backlog, 1):
+            ctx = states.Context(command.device)
+            job = _Job(command, ctx, None, self._clock(), ())
+            overloaded = CloudError(ErrorCode.OVERLOADED, "journal cannot be written and the backlog is full")
+            self._finish(job, states.error_state(ctx, overloaded))
+            return
+        self._parked.append(command)
 
     def _submit(self, command: Command, journal_id: int | None) -> None:
         now = self._clock()
@@ -207,6 +253,7 @@ class CaptureService:
         error: BridgeError | None = None
         request_id: str | None = None
         guid: str | None = None
+        oversized = len(command.payload) > self._max_payload
         try:
             guid = resolve_device(command.device, self._devices, self._guid_topic_ids)
         except UnknownDevice as exc:
@@ -219,10 +266,11 @@ class CaptureService:
             request_id = capture.request_id
         except InvalidCommand as exc:
             error = exc  # a bad payload is reported even when the device is unknown too
-            request_id = request_id_of(command.payload) if len(command.payload) <= self._max_payload else None
+            request_id = None if oversized else request_id_of(command.payload)
+        key = guid.lower() if guid is not None else command.device
 
         # A rejected command fires nothing, so it is no reason to refuse its corrected resend.
-        keys = self._dedupe_keys(command, request_id) if error is None else ()
+        keys = self._dedupe_keys(key, command, request_id) if error is None else ()
         if self._is_duplicate(command, keys, now):
             if journal_id is not None and self._journal is not None:
                 self._journal.done([journal_id])
@@ -236,14 +284,14 @@ class CaptureService:
             request=capture.api_params() if capture is not None else None,
         )
         if journal_id is None and self._journal is not None:
+            # An oversized payload is refused without keeping it: the journal only needs its answer.
             journal_id = self._journal.add(
-                command.device, command.payload, command.response_topic, command.correlation
+                command.device, b"" if oversized else command.payload, command.response_topic, command.correlation
             )
             self._schedule_flush()
-        job = _Job(command, ctx, journal_id, now, keys, capture, error)
-        for key in keys:
-            self._recent.setdefault(key, _Remembered()).jobs.append(job)
-        self._forget_old(now)
+        job = _Job(command, ctx, journal_id, now, keys, key, capture, error)
+        for k in keys:
+            self._running.setdefault(k, []).append(job)
 
         if error is not None:
             self._finish(job, states.error_state(ctx, error))
@@ -253,8 +301,7 @@ class CaptureService:
             if self._journal is None:
                 self._finish(job, states.error_state(ctx, CloudError(ErrorCode.OVERLOADED, "bridge is shutting down")))
             return
-        device = command.device
-        busy = device in self._active or device in self._waiting
+        busy = key in self._active or key in self._waiting
         if busy or len(self._active) >= self._max_in_flight:
             if self._backlog >= self._max_backlog:
                 overloaded = CloudError(ErrorCode.OVERLOADED, f"backlog full ({self._max_backlog} commands waiting)")
@@ -263,11 +310,11 @@ class CaptureService:
             if self._publish_pending:
                 self._publish(job, states.pending_state(ctx), final=False)
             self._backlog += 1
-            queue = self._waiting.get(device)
+            queue = self._waiting.get(key)
             if queue is None:
-                queue = self._waiting[device] = deque()
-                if device not in self._active:
-                    self._ready.append(device)
+                queue = self._waiting[key] = deque()
+                if key not in self._active:
+                    self._ready.append(key)
             queue.append(job)
         else:
             if self._publish_pending:
@@ -276,45 +323,74 @@ class CaptureService:
         self._observer.load(len(self._active), self._backlog)
 
     def replay(self, entries: list[JournalEntry]) -> None:
-        """Take back what the journal held at start: republish known states, run the rest again."""
+        """Take back what the journal held at start: republish known states, run the rest again.
+
+        A row that cannot be taken back (damaged, or written by a bridge with other rules) is
+        logged, answered when its device is known, and removed: it must not stop every start.
+        """
         for entry in entries:
-            command = Command(entry.device, entry.payload, entry.response_topic, entry.correlation)
-            if entry.state is not None:
-                job = _Job(command, states.Context(entry.device), entry.id, self._clock(), ())
-                self._publish(job, entry.state, final=True)
-            else:
-                self.submit(command, journal_id=entry.id)
+            try:
+                self._replay_one(entry)
+            except Exception as exc:
+                log.error("journal: row %s cannot be replayed (%s); removed", entry.id, type(exc).__name__)
+                if self._journal is not None:
+                    self._journal.done([entry.id])
+                if isinstance(entry.device, str):
+                    ctx = states.Context(entry.device)
+                    damaged = InvalidCommand(f"journal row could not be read ({type(exc).__name__})")
+                    self._publish(_Job(Command(entry.device, b""), ctx, None, self._clock(), ()),
+                                  states.error_state(ctx, damaged), final=True)
         if entries:
             log.info("journal: took back %d unfinished command(s) from the last run", len(entries))
+            self._schedule_flush()
+
+    def _replay_one(self, entry: JournalEntry) -> None:
+        device, payload, state = entry.device, entry.payload, entry.state
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogatepass")
+        if isinstance(state, str):
+            state = state.encode("utf-8", "surrogatepass")
+        response_topic = entry.response_topic if isinstance(entry.response_topic, str) else None
+        correlation = entry.correlation if isinstance(entry.correlation, bytes) else None
+        if not isinstance(device, str) or not isinstance(payload, bytes) or not isinstance(entry.id, int):
+            raise TypeError("not a journal row")
+        command = Command(device, payload, response_topic, correlation)
+        if state is not None:
+            if not isinstance(state, bytes):
+                raise TypeError("state is not bytes")
+            job = _Job(command, states.Context(device), entry.id, self._clock(), (), device)
+            self._publish(job, state, final=True)
+        else:
+            self._submit(command, entry.id)
 
     # --- de-duplication -------------------------------------------------------
 
     @staticmethod
-    def _dedupe_keys(command: Command, request_id: str | None) -> tuple[tuple[str, str, str], ...]:
-        keys: list[tuple[str, str, str]] = []
+    def _dedupe_keys(key: str, command: Command, request_id: str | None) -> tuple[DedupeKey, ...]:
+        keys: list[DedupeKey] = []
         if request_id:
-            keys.append(("rid", command.device, request_id))
+            keys.append(("rid", key, request_id))
         digest = hashlib.blake2b(command.payload, digest_size=16).hexdigest()
-        keys.append(("payload", command.device, digest))
+        keys.append(("payload", key, digest))
         return tuple(keys)
 
-    def _is_duplicate(self, command: Command, keys: tuple[tuple[str, str, str], ...], now: float) -> bool:
+    def _is_duplicate(self, command: Command, keys: tuple[DedupeKey, ...], now: float) -> bool:
         # The payload key only counts for a broker redelivery (DUP); the same payload sent
         # again on purpose is a new capture.
         for key in keys:
             if key[0] == "payload" and not command.dup:
                 continue
+            if key in self._running:
+                log.info("duplicate of a command still running, dropped", extra={"device": command.device})
+                return True
             known = self._recent.get(key)
-            if known is None or (not known.jobs and known.state is None):
+            if known is None:
                 continue
-            if not known.jobs and known.finished_at is not None and now - known.finished_at > self._dedupe_window:
+            if now - known.finished_at > self._dedupe_window:
                 # Expired: checked here, not only when another command sweeps the memory, or a quiet
                 # bridge would answer a reused request_id with the old photo forever.
                 del self._recent[key]
                 continue
-            if known.state is None:
-                log.info("duplicate of a command still running, dropped", extra={"device": command.device})
-                return True
             log.info("duplicate of a finished command, its state sent again", extra={"device": command.device})
             self._publisher.publish_state(
                 command.device,
@@ -325,18 +401,19 @@ class CaptureService:
             return True
         return False
 
-    def _forget_old(self, now: float) -> None:
+    def _remember(self, key: DedupeKey, payload: bytes, now: float) -> None:
+        self._recent.pop(key, None)
+        self._recent[key] = _Remembered(payload, now)
         while self._recent:
-            known = next(iter(self._recent.values()))
-            expired = known.finished_at is not None and now - known.finished_at > self._dedupe_window
-            if not expired and len(self._recent) <= MAX_REMEMBERED:
+            oldest = next(iter(self._recent.values()))
+            if now - oldest.finished_at <= self._dedupe_window and len(self._recent) <= MAX_REMEMBERED:
                 break
             self._recent.popitem(last=False)
 
     # --- running ---------------------------------------------------------------
 
     def _start(self, job: _Job) -> None:
-        self._active.add(job.command.device)
+        self._active.add(job.key)
         self._idle.clear()
         task = asyncio.get_running_loop().create_task(self._run(job))
         self._tasks.add(task)
@@ -353,20 +430,22 @@ class CaptureService:
             state = states.error_state(job.ctx, exc)
         except asyncio.CancelledError:
             # Shutdown deadline: no state now; the journal runs it again at the next start.
-            self._release(job.command.device)
+            self._release(job.key)
             raise
         except Exception as exc:  # a bug must still end in a state, never silence
             log.exception("unexpected failure", extra={"device": job.command.device})
             internal = CloudError(ErrorCode.CLOUD_ERROR, f"internal error: {type(exc).__name__}")
             state = states.error_state(job.ctx, internal)
         self._observer.cloud_call(self._clock() - started)
-        self._finish(job, state)
-        self._release(job.command.device)
+        try:
+            self._finish(job, state)
+        finally:
+            self._release(job.key)
 
-    def _release(self, device: str) -> None:
-        self._active.discard(device)
-        if device in self._waiting:
-            self._ready.append(device)
+    def _release(self, key: str) -> None:
+        self._active.discard(key)
+        if key in self._waiting:
+            self._ready.append(key)
         while self._ready and len(self._active) < self._max_in_flight and not self._cancelling:
             nxt = self._ready.popleft()
             queue = self._waiting[nxt]
@@ -387,18 +466,15 @@ class CaptureService:
             self._journal.answered(job.journal_id, payload)
         now = self._clock()
         for key in job.keys:
-            known = self._recent.get(key)
-            if known is None:
-                continue
-            if job in known.jobs:
-                known.jobs.remove(job)
-            if key[0] == "payload":
-                # A broker redelivers (DUP) only what we have not acknowledged, i.e. while it runs;
-                # remembering every payload for the whole window would cost memory for nothing.
-                if not known.jobs:
-                    del self._recent[key]
-            else:
-                known.state, known.finished_at = payload, now
+            jobs = self._running.get(key)
+            if jobs is not None and job in jobs:
+                jobs.remove(job)
+                if not jobs:
+                    del self._running[key]
+            # A broker redelivers (DUP) only what we have not acknowledged, i.e. while it runs;
+            # remembering every payload for the whole window would cost memory for nothing.
+            if key[0] == "rid":
+                self._remember(key, payload, now)
         status, error = state["status"], state["error"]
         self._observer.finished(status, error, now - job.received)
         extra = {"device": job.command.device, "request_id": job.ctx.request_id, "error": error}
@@ -414,15 +490,18 @@ class CaptureService:
             self._publish(job, payload, final=True)
 
     def _publish(self, job: _Job, state: dict[str, Any] | bytes, *, final: bool) -> None:
-        payload = state if isinstance(state, bytes) else states.encode(state)
         journal_id = job.journal_id if final else None
-        self._publisher.publish_state(
-            job.command.device,
-            payload,
-            response_topic=job.command.response_topic if final else None,
-            correlation=job.command.correlation,
-            on_acked=(lambda: self._state_acked(journal_id)) if journal_id is not None else None,
-        )
+        try:
+            payload = state if isinstance(state, bytes) else states.encode(state)
+            self._publisher.publish_state(
+                job.command.device,
+                payload,
+                response_topic=job.command.response_topic if final else None,
+                correlation=job.command.correlation,
+                on_acked=(lambda: self._state_acked(journal_id)) if journal_id is not None else None,
+            )
+        except Exception:  # the publisher never raises by contract; a bug must not stop the others
+            log.exception("could not publish a state", extra={"device": job.command.device})
 
     def _state_acked(self, journal_id: int) -> None:
         if self._journal is not None:
@@ -434,16 +513,70 @@ class CaptureService:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Commit the journal, then publish the states that waited for it (the MQTT adapter calls
-        this before it acknowledges commands, so a PUBACK never precedes its journal row)."""
+        this before it acknowledges commands, so a PUBACK never precedes its journal row).
+
+        Returns False, and keeps everything for the next attempt, when the journal cannot be
+        written; never raises.
+        """
         self._flush_scheduled = False
         if self._journal is not None:
-            self._journal.commit()
+            try:
+                self._journal.commit()
+            except JournalError as exc:
+                self._journal_failed(str(exc))
+                return False
+            except Exception:  # a bug in the journal must not stop acks and states for good
+                log.exception("journal commit failed")
+                self._journal_failed("internal error")
+                return False
+            if not self.journal_ok:
+                self._journal_recovered()
         if self._to_publish:
             ready, self._to_publish = self._to_publish, []
             for job, payload in ready:
                 self._publish(job, payload, final=True)
+        return True
+
+    def _journal_failed(self, reason: str) -> None:
+        if self.journal_ok:
+            self.journal_ok = False
+            path = self._journal.path if self._journal is not None else "?"
+            log.error("journal %s cannot be written (%s): not acknowledging or taking commands until it can;"
+                      " retrying every %.0fs", path, reason, JOURNAL_RETRY)
+            self._observer.journal_writable(False)
+        if self._retry is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next flush retries
+                self._retry = asyncio.get_running_loop().call_later(JOURNAL_RETRY, self._retry_journal)
+
+    def _retry_journal(self) -> None:
+        self._retry = None
+        self.flush()
+
+    def _journal_recovered(self) -> None:
+        self.journal_ok = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        log.warning("journal writable again: taking %d parked command(s) and acknowledging again",
+                    len(self._parked))
+        self._observer.journal_writable(True)
+        parked, self._parked = self._parked, deque()
+        for command in parked:
+            self.submit(command)
+        if self._on_journal_writable is not None:
+            try:
+                self._on_journal_writable()
+            except Exception:
+                log.exception("journal recovery hook failed")
+
+    async def watch_journal(self, interval: float = 2.0) -> None:
+        """Notice a deleted or replaced journal file even while no command arrives."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._journal is not None and self.journal_ok:
+                self.flush()
 
     # --- shutdown --------------------------------------------------------------
 
@@ -461,4 +594,7 @@ class CaptureService:
         self._waiting.clear()
         self._ready.clear()
         self._backlog = 0
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         return unfinished

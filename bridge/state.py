@@ -9,6 +9,7 @@ from typing import Any
 
 from bridge.cloud import DEVICE_BUSY, DEVICE_DONE, InstructionReply
 from bridge.errors import BridgeError, ErrorCode
+from bridge.logs import redact
 
 PENDING, OK, BUSY, ERROR = "pending", "ok", "busy", "error"
 
@@ -41,18 +42,20 @@ def _state(
     reply: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
+    # The cloud's texts may echo what we sent it (the token, the password's MD5): scrub them
+    # like every log line, before they reach a retained state.
     return {
         "status": status,
         "code": code,
         "error": error.value if error is not None else None,
-        "message": message,
+        "message": redact.scrub(message),
         "device": ctx.device,
         "asset_guid": ctx.asset_guid,
         "request_id": ctx.request_id,
         "request": ctx.request,
-        "terminal_num": terminal_num,
-        "file_id": file_id,
-        "reply": reply,
+        "terminal_num": redact.scrub(terminal_num) if terminal_num is not None else None,
+        "file_id": redact.scrub(file_id) if file_id is not None else None,
+        "reply": redact.scrub(reply) if reply is not None else None,
         "timestamp": utc_timestamp(now),
     }
 
@@ -93,5 +96,9 @@ def error_state(ctx: Context, exc: BridgeError, now: datetime | None = None) -> 
 
 
 def encode(state: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON; never fails (a lone surrogate that got this far is written as a \\u escape)."""
+    text = json.dumps(state, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(state, separators=(",", ":")).encode()

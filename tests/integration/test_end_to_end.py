@@ -237,7 +237,7 @@ def test_overloaded(start_bridge: StartBridge, probe: Probe, base_topic: str, cl
 
 def test_response_topic_and_correlation(start_bridge: StartBridge, probe: Probe, base_topic: str) -> None:
     start_bridge()
-    reply_to = f"{base_topic}/replies/abc"
+    reply_to = f"replies/{base_topic}/abc"  # not under the base topic: the bridge owns that tree
     probe.subscribe(reply_to)
     probe.publish(f"{base_topic}/truck-12/capture/set", {"request_id": "rr"}, response_topic=reply_to,
                   correlation=b"\x01corr")

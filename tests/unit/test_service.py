@@ -735,6 +735,7 @@ def test_replay() -> None:
         answered = journal.add("van-3", b'{"request_id": "done"}', None, None)
         old_state = b'{"status":"ok","request_id":"done"}'
         journal.answered(answered, old_state)
+        journal.commit()
 
         cloud, pub = FakeCloud(), FakePublisher()
         svc = service(cloud, pub, journal=journal)
