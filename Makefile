@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test unit integration lint bench bench-quick soak clean
+.PHONY: install demo test unit integration lint bench bench-quick soak ha-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m bench.run --suite quick
+
+# A real Home Assistant core (cached virtualenv, minutes on the first run) against the bridge.
+ha-check: install
+	$(BIN)/python -m tests.ha_check
 
 soak: install
 	$(BIN)/python -m bench.soak --seconds 420 --settle 240
