@@ -16,10 +16,10 @@ from bridge.cloud import CloudClient
 from bridge.command import Limits
 from bridge.companion import Companion
 from bridge.config import CloudConfig, Config
-from bridge.errors import ConfigError
+from bridge.errors import BridgeError, ConfigError, ErrorCode
 from bridge.http import HttpClient
 from bridge.journal import Journal, JournalError
-from bridge.metrics import Metrics, MetricsServer
+from bridge.metrics import Health, Metrics, MetricsServer
 from bridge.mqtt import MqttAdapter
 from bridge.service import CaptureService, Command, StatePublisher
 from bridge.settings import SettingsStore
@@ -200,6 +200,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
     devices = {name: entry.guid for name, entry in config.devices.items()}
 
     metrics = Metrics()
+    cloud_status = "not checked yet"
     base = config.mqtt.base_topic
     store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
     companion = Companion(config, lambda topic, payload, retain: announcer.publish(topic, payload, retain), store)
@@ -298,9 +299,14 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
 
     server: MetricsServer | None = None
     if config.metrics.port is not None:
-        # Unhealthy while commands cannot be taken: broker gone, or the journal cannot be written.
-        server = MetricsServer(metrics, config.metrics.host, config.metrics.port,
-                               healthy=lambda: adapter.connected and service.journal_ok)
+        # Unhealthy while commands cannot be taken: broker gone or deaf, or the journal cannot be written.
+        def health() -> Health:
+            problems = adapter.health()
+            if not service.journal_ok:
+                problems.append("the journal cannot be written (bridge.journal_path)")
+            return Health(tuple(problems), cloud_status)
+
+        server = MetricsServer(metrics, config.metrics.host, config.metrics.port, healthy=health)
         server.start()
         log.info("metrics on http://%s:%d/metrics, health on /healthz", config.metrics.host, server.port)
     log.info("capture-bridge %s starting: broker %s:%d, cloud %s, %d configured device(s)",
@@ -314,9 +320,37 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
     mqtt_task = asyncio.create_task(adapter.run())
     info_task = asyncio.create_task(publish_info_now_and_then())
     watch_task = asyncio.create_task(service.watch_journal())
+
+    async def check_cloud() -> None:
+        # Wrong credentials are found now, not at the first capture; a failure is one ERROR, and the
+        # login is tried again in the background (and by every capture) until it works.
+        nonlocal cloud_status
+        if not cloud.can_login:
+            cloud_status = "fixed token (checked by the first capture)"
+            return
+        retry, said = 60.0, False
+        while True:
+            try:
+                await cloud.fresh_token(None)
+            except BridgeError as exc:
+                cloud_status = f"{exc.code.value}: {exc}"
+                if not said:
+                    said = True
+                    hint = "check cloud.username and cloud.password" if exc.code is ErrorCode.LOGIN_FAILED \
+                        else "check cloud.base_url"
+                    log.error("cloud login as %s failed: %s (%s); still running, trying again in %.0fs",
+                              config.cloud.username, exc, hint, retry)
+            else:
+                cloud_status = f"login ok as {config.cloud.username}"
+                return
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, 900.0)
+
+    cloud_task = asyncio.create_task(check_cloud())
     try:
         await stop.wait()
     finally:
+        cloud_task.cancel()
         log.info("shutting down: no new commands, waiting up to %.0fs for %d running capture(s)",
                  config.bridge.shutdown_timeout, service.in_flight + service.backlog)
         adapter.stop_intake()

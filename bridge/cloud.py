@@ -197,7 +197,7 @@ def _check_status(reply: HttpReply) -> None:
     if not 200 <= reply.status < 300:
         raise CloudError(
             ErrorCode.CLOUD_UNREACHABLE,
-            f"cloud answered HTTP {reply.status}",
+            f"cloud answered HTTP {reply.status}" + (" (check cloud.base_url)" if reply.status == 404 else ""),
             retryable=reply.status >= 500 or reply.status == 429,
         )
 
@@ -249,7 +249,7 @@ class CloudClient:
         reply = await self._post(LOGIN_PATH, body)
         token = parse_login_reply(reply.body)
         redact.add(token)
-        log.info("logged in to the cloud as %s", self._config.username)
+        log.info("cloud login ok as %s", self._config.username)
         return token
 
     async def fresh_token(self, stale: str | None) -> str:

@@ -86,8 +86,9 @@ class MqttConfig(_Section):
     password_file: Path | None = None
     client_id: str = Field(default="capture-bridge", min_length=1, max_length=128)
     base_topic: str = "devices"
-    protocol: Literal["5", "3.1.1"] = Field(
-        default="5", validation_alias=AliasChoices("protocol", "protocol_version", "version")
+    # auto: MQTT 5, falling back to 3.1.1 when the broker refuses 5.
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto", validation_alias=AliasChoices("protocol", "protocol_version", "version")
     )
     qos: Literal[0, 1, 2] = 1
     keepalive: int = Field(default=60, ge=5, le=3600)
@@ -99,6 +100,8 @@ class MqttConfig(_Section):
     cert_file: Path | None = None
     key_file: Path | None = None
     tls_insecure: bool = False
+    # Seconds to wait for the TCP connection and then for the broker's CONNACK.
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
     reconnect_min: float = Field(default=1.0, gt=0)
     reconnect_max: float = Field(default=60.0, gt=0)
     # Where a command's MQTT 5 Response Topic may send its state (topic filters). Whatever the
@@ -114,6 +117,8 @@ class MqttConfig(_Section):
             return "5"
         if text in ("3.1.1", "311", "4"):
             return "3.1.1"
+        if text == "auto":
+            return "auto"
         return value
 
     @field_validator("url")

@@ -5,6 +5,10 @@ for every command, so each is a dict lookup plus a prometheus_client update.
 `MetricsServer` serves the registry from a stdlib ThreadingHTTPServer in a
 daemon thread; it never touches the event loop, only the thread-safe registry
 and the `healthy()` callable.
+
+/healthz is 503 when the bridge cannot take commands (no broker connection, a
+refused subscription); the cloud's status is reported beside it, and never
+makes it 503: a restart cannot fix a wrong password or a cloud outage.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +38,22 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CLOUD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 # A command also waits for its device's earlier captures and for retries (deadline 45 s).
 COMMAND_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What /healthz says: `problems` (each one line) make it 503; `cloud` is reported alongside."""
+
+    problems: tuple[str, ...] = ()
+    cloud: str = "unknown"
+
+    def body(self) -> dict[str, Any]:
+        """The JSON document served."""
+        return {"status": "unhealthy" if self.problems else "ok", "mqtt": list(self.problems) or "ok",
+                "cloud": self.cloud}
+
+
+HealthCheck = Callable[[], "bool | Health"]
 
 
 def _known_outcomes() -> list[tuple[str, str]]:
@@ -117,7 +138,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _handler_class(metrics: Metrics, healthy: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+def _handler_class(metrics: Metrics, healthy: HealthCheck) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"capture-bridge/{__version__}"
 
@@ -132,9 +153,8 @@ def _handler_class(metrics: Metrics, healthy: Callable[[], bool]) -> type[BaseHT
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE, metrics.render(), body)
             elif path == "/healthz":
-                ok = _is_healthy(healthy)
-                payload = json.dumps({"status": "ok" if ok else "unhealthy"}).encode()
-                self._send(200 if ok else 503, "application/json", payload, body)
+                ok, document = _health(healthy)
+                self._send(200 if ok else 503, "application/json", json.dumps(document).encode(), body)
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n", body)
 
@@ -154,19 +174,22 @@ def _handler_class(metrics: Metrics, healthy: Callable[[], bool]) -> type[BaseHT
     return Handler
 
 
-def _is_healthy(healthy: Callable[[], bool]) -> bool:
+def _health(healthy: HealthCheck) -> tuple[bool, dict[str, Any]]:
     try:
-        return bool(healthy())
+        result = healthy()
     except Exception:
         # A failing check is an unhealthy bridge, not a crashed endpoint.
         log.exception("health check failed")
-        return False
+        return False, {"status": "unhealthy"}
+    if isinstance(result, Health):
+        return not result.problems, result.body()
+    return bool(result), {"status": "ok" if result else "unhealthy"}
 
 
 class MetricsServer:
     """GET /metrics (Prometheus text) and GET /healthz (200 or 503) from a daemon thread."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int, healthy: Callable[[], bool]) -> None:
+    def __init__(self, metrics: Metrics, host: str, port: int, healthy: HealthCheck) -> None:
         self._metrics = metrics
         self._host = host
         self._port = port

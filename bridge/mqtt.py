@@ -5,6 +5,14 @@ add_writer, the aiomqtt way), so a message costs no thread hand-off. Callbacks
 only decode and hand over; `on_message` never blocks. Reconnects are ours:
 exponential backoff, longer after the broker refuses us, so bad credentials
 give one clear error per attempt instead of a tight loop.
+
+What the broker says is read, not assumed: the CONNACK (a refusal of MQTT 5 makes
+`protocol: auto` fall back to 3.1.1), the first bytes of a peer that is not an
+MQTT broker at all, every SUBACK (a refused filter is an error, retried with
+backoff), and the reason of every disconnect (a session taken over by another
+client with our client_id is named as such). `online` is published only once
+the command subscription is granted: a bridge that cannot hear commands does
+not claim to be there.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -46,6 +55,51 @@ PACKET_OVERHEAD = 16_384
 
 ONLINE = json.dumps({"state": "online"}, separators=(",", ":")).encode()
 OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
+
+CONNACK = 0x20  # first byte of the only packet an MQTT broker sends first
+UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason; paho also reports a 3.1.1 broker's "refused: version" as it
+SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: another connection with our client_id took the session
+SHARE_PROBE_DEVICE = "$capture-bridge-share-probe"
+SHARE_PROBE_WAIT = 5.0  # seconds an echo of the probe may take to come back
+
+
+def describe_peer(head: bytes, tls: bool) -> str:
+    """What a peer that answered an MQTT CONNECT with something other than a CONNACK sent."""
+    if not tls and head[:1] in (b"\x15", b"\x16"):
+        return f"received a TLS record ({head[:3].hex(' ')}) — this is a TLS port: use an mqtts:// URL"
+    line = head.split(b"\n", 1)[0].rstrip(b"\r")[:40]
+    if line and all(32 <= c < 127 for c in line):
+        return f"received {line.decode()!r} — not an MQTT broker"
+    return f"received {head[:8].hex(' ')} instead of an MQTT CONNACK — not an MQTT broker"
+
+
+def disconnect_reason(flags: Any, reason: ReasonCode) -> str:
+    """A disconnect reason a person can act on (paho says "Unspecified error" for a plain lost connection)."""
+    from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+    if from_broker:
+        return f"the broker closed it: {reason} (0x{reason.value:02X})"
+    if str(reason) == "Keep alive timeout":
+        return "no answer from the broker within the keepalive (network down or broker stuck)"
+    if str(reason) == "Unspecified error":
+        return "connection lost (the broker or the network closed it)"
+    return str(reason)
+
+
+def jittered(delay: float) -> float:
+    """The pause actually slept for a backoff `delay` (±20 %, so instances do not retry in step)."""
+    return delay * (0.8 + 0.4 * random.random())
+
+
+def refusal_hint(reason: ReasonCode, config: MqttConfig) -> str:
+    """What to change for a refused CONNECT."""
+    name = str(reason)
+    if reason.value == UNSUPPORTED_PROTOCOL:
+        return ' (set mqtt.protocol: auto or "3.1.1")'
+    if "user name or password" in name or "authori" in name.lower():
+        return " (check mqtt.username and mqtt.password)"
+    if "Client identifier" in name:
+        return " (check mqtt.client_id)"
+    return ""
 
 
 class _Queued(NamedTuple):
@@ -127,7 +181,10 @@ class MqttAdapter:
         self._response_denied = (self._base,) + ((discovery_prefix,) if discovery_prefix else ())
         self._overflow: deque[_Queued] = deque()
         self.backpressure = False
-        self._v5 = config.protocol == "5"
+        self._auto = config.protocol == "auto"
+        # auto starts with MQTT 5 and falls back to 3.1.1 when the broker refuses it.
+        self._v5 = config.protocol != "3.1.1"
+        self._fell_back = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._acks: dict[int, Callable[[], None]] = {}
@@ -136,6 +193,20 @@ class MqttAdapter:
         self._all_acked.set()
         self._stopping = False
         self._refused: str | None = None
+        self._refused_code: int | None = None
+        self._answered = asyncio.Event()  # a CONNACK came, accepting or refusing
+        self._peer: str | None = None  # what a peer that is no MQTT broker sent
+        self._last_error: str | None = "not connected yet"
+        self._connected_at = 0.0
+        self._drop_reason: str | None = None
+        self._taken_over = False
+        self._short_drops = 0
+        self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> filter, until its SUBACK
+        self._sub_delay: dict[str, float] = {}
+        self._problems: dict[str, str] = {}  # why we cannot do the job while connected (for /healthz)
+        self._share_probe: str | None = None
+        self._share_checked = False
+        self.listening = False  # the command subscription is granted on this connection
         self._misc: asyncio.Task[None] | None = None
         self._intake = True
         self.connected = False
@@ -160,6 +231,7 @@ class MqttAdapter:
             client.username_pw_set(cfg.username, password)
         if cfg.tls:
             client.tls_set_context(tls_context(cfg))
+        client.connect_timeout = cfg.connect_timeout
         client.will_set(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True)
         # Unbounded queue while offline: states must survive a broker restart.
         client.max_queued_messages_set(0)
@@ -168,6 +240,7 @@ class MqttAdapter:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
         client.on_socket_open = self._socket_open
         client.on_socket_close = self._socket_close
         client.on_socket_register_write = self._register_write
@@ -203,7 +276,37 @@ class MqttAdapter:
 
         self._in_loop(watch)
 
+    def _use_protocol(self, v5: bool) -> None:
+        # paho fixes the version in its constructor; a new client would lose the publishes it
+        # queued while we were offline (journal replays), so the one we have is switched.
+        self._v5 = v5
+        self.client._protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
+        if not v5:
+            self.client._clean_session = not self._config.persistent_session
+
+    def _peer_is_mqtt(self) -> bool:
+        # Before the CONNACK, look at what the peer sent without consuming it: an HTTP server or a
+        # TLS port answers with bytes paho would misparse into a confusing error much later.
+        if self._answered.is_set():
+            return True
+        sock = self.client.socket()
+        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+            return True
+        try:
+            head = sock.recv(64, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return True  # paho's own read reports it
+        if not head or head[0] == CONNACK:
+            return True
+        self._peer = describe_peer(head, self._config.tls)
+        self.client._loop_rc_handle(paho.MQTT_ERR_PROTOCOL)
+        return False
+
     def _read(self) -> None:
+        if not self._peer_is_mqtt():
+            return
         # paho's loop_read() handles ONE packet per call while nothing of ours is in flight, so a
         # burst of commands arrived one per event-loop pass (measured: 1000 commands took 0.44 s to
         # read). Drain what the socket holds, up to a bound that keeps the loop fair to HTTP work.
@@ -264,21 +367,35 @@ class MqttAdapter:
     ) -> None:
         # The broker answered: stop formatting paho's per-packet log lines (see _connect_blocking).
         client.on_log = None
+        self._answered.set()
+        cfg = self._config
         if reason.is_failure:
-            self._refused = str(reason)
-            log.error("broker %s:%d refused the connection: %s", self._config.host, self._config.port, reason)
+            self._refused, self._refused_code = str(reason), reason.value
+            if reason.value == UNSUPPORTED_PROTOCOL and self._v5 and self._auto:
+                log.info("broker %s:%d does not speak MQTT 5 (%s); trying MQTT 3.1.1", cfg.host, cfg.port, reason)
+                return
+            hint = refusal_hint(reason, cfg)
+            self._last_error = f"broker {cfg.host}:{cfg.port} refused the connection: {reason}{hint}"
+            log.error("%s", self._last_error)
             return
-        self._refused = None
+        self._refused = self._refused_code = None
+        self._last_error = None
         self.connected = True
         self.connect_count += 1
+        self._connected_at = time.monotonic()
+        self.listening = False
+        self._subscribing.clear()
         session = "resumed" if getattr(flags, "session_present", False) else "new"
-        log.info("connected to %s:%d (MQTT %s, %s session)", self._config.host, self._config.port,
-                 self._config.protocol, session)
+        version = "5" if self._v5 else "3.1.1"
+        how = ""
+        if self._auto:
+            how = ", auto: the broker refused MQTT 5" if self._fell_back else ", auto"
+        log.info("connected to %s:%d (MQTT %s%s; %s session; client_id %s)", cfg.host, cfg.port, version, how,
+                 session, cfg.client_id)
         if self._intake:
             self._subscribe_commands()
         for topic in [*self._handlers, *self._filter_handlers]:
-            client.subscribe(topic, qos=1)
-        client.publish(topics.availability_topic(self._base), ONLINE, qos=1, retain=True)
+            self._subscribe(topic, 1)
         if self._on_connected is not None:
             try:
                 self._on_connected()
@@ -290,19 +407,112 @@ class MqttAdapter:
         if self._v5:
             # Retain-as-published: a command published with retain=true is seen as retained even
             # while we are connected, so it is never executed (it would re-fire on every restart).
-            self.client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            self._subscribe(topic, SubscribeOptions(qos=1, retainAsPublished=True))
         else:
-            self.client.subscribe(topic, qos=1)
+            self._subscribe(topic, 1)
+
+    def _subscribe(self, topic: str, options: int | SubscribeOptions) -> None:
+        if isinstance(options, SubscribeOptions):
+            rc, mid = self.client.subscribe(topic, options=options)
+        else:
+            rc, mid = self.client.subscribe(topic, qos=options)
+        if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+            self._subscribing[mid] = topic
+
+    def _handle_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
+    ) -> None:
+        topic = self._subscribing.pop(mid, None)
+        if topic is None or not reasons:
+            return
+        commands = topic == topics.set_filter(self._base, self._config.shared_group)
+        reason = reasons[0]
+        if reason.is_failure:
+            delay = self._sub_delay.get(topic, self._config.reconnect_min)
+            pause = jittered(delay)
+            self._sub_delay[topic] = min(delay * 2, self._config.reconnect_max)
+            why = f"the broker refused the subscription to {topic}: {reason} (0x{reason.value:02X})"
+            self._problems[topic] = why
+            if commands and self._config.shared_group:
+                hint = "the broker may not support shared subscriptions: try without mqtt.shared_group"
+            elif commands:
+                hint = "no command reaches the bridge until the broker's ACL lets this client read it"
+            else:
+                hint = "check the broker's ACL"
+            log.error("%s; %s; next try in %.1fs", why, hint, pause)
+            assert self._loop is not None
+            count = self.connect_count
+            self._loop.call_later(pause, self._resubscribe, topic, count)
+            return
+        self._sub_delay.pop(topic, None)
+        if self._problems.pop(topic, None) is not None:
+            log.info("the broker granted the subscription to %s now", topic)
+        else:
+            log.debug("subscribed to %s (%s)", topic, reason)
+        if commands:
+            self.listening = True
+            # Online only now: a bridge that cannot hear commands must not look available.
+            client.publish(topics.availability_topic(self._base), ONLINE, qos=1, retain=True)
+            if self._config.shared_group:
+                self._probe_shared_subscription()
+
+    def _resubscribe(self, topic: str, connection: int) -> None:
+        if not self.connected or connection != self.connect_count or self._stopping:
+            return  # a new connection subscribes afresh
+        if topic == topics.set_filter(self._base, self._config.shared_group):
+            if self._intake:
+                self._subscribe_commands()
+        else:
+            self._subscribe(topic, 1)
+
+    def _probe_shared_subscription(self) -> None:
+        # Some brokers grant `$share/<group>/<filter>` but treat it as a plain filter that only
+        # matches topics starting with "$share/": the bridge is then deaf. Publish to such a topic:
+        # a broker that honours shared subscriptions never delivers it to us.
+        if self._share_checked or self._share_probe is not None:
+            return
+        group = self._config.shared_group
+        assert group is not None
+        self._share_probe = f"$share/{group}/{topics.command_topic(self._base, SHARE_PROBE_DEVICE)}"
+        self.client.publish(self._share_probe, b"", qos=1)
+        assert self._loop is not None
+        self._loop.call_later(SHARE_PROBE_WAIT, self._shared_subscription_ok)
+
+    def _shared_subscription_ok(self) -> None:
+        if self._share_probe is not None and self.connected:
+            self._share_checked = True
+            self._share_probe = None
+            log.debug("shared subscription honoured: the probe through $share did not come back")
+
+    def _shared_subscription_ignored(self) -> None:
+        self._share_checked = True
+        self._share_probe = None
+        why = (f"the broker treats $share/{self._config.shared_group}/... as a plain topic, not as a shared "
+               f"subscription: this bridge receives no commands; remove mqtt.shared_group or use a broker that "
+               f"supports shared subscriptions")
+        self._problems["$share"] = why
+        self.listening = False
+        log.error("%s", why)
+        self.client.publish(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True)
 
     def _handle_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
         was_connected, self.connected = self.connected, False
+        self.listening = False
+        self._subscribing.clear()
+        if self._share_probe is not None:
+            # The broker dropped us while the probe was out: do not risk it again.
+            self._share_probe = None
+            self._share_checked = True
+            log.warning("could not verify that the broker honours mqtt.shared_group (disconnected during the check)")
         # Acks for this connection can no longer be sent; the broker redelivers those commands
         # (DUP) on our persistent session and the service recognises the ones it already runs.
         self._pending_acks.clear()
         if was_connected and not self._stopping:
-            log.warning("disconnected from the broker: %s", reason)
+            self._drop_reason = disconnect_reason(flags, reason)
+            self._taken_over = getattr(reason, "value", None) == SESSION_TAKEN_OVER
+            self._last_error = f"disconnected from the broker: {self._drop_reason}"
         if self._on_disconnected is not None:
             try:
                 self._on_disconnected()
@@ -321,6 +531,10 @@ class MqttAdapter:
             topic = message.topic
         except UnicodeDecodeError:
             log.warning("ignored a message whose topic is not UTF-8")
+            return
+        if topic.startswith("$share/"):
+            if self._share_probe is not None and topic == self._share_probe:
+                self._shared_subscription_ignored()
             return
         try:
             handler = self._handlers.get(topic)
@@ -521,40 +735,127 @@ class MqttAdapter:
         self.client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=clean_start,
                             properties=properties)
 
+    def health(self) -> list[str]:
+        """Why the bridge cannot take commands right now (empty when it can)."""
+        if not self.connected:
+            return [self._last_error or f"not connected to the broker {self._config.host}:{self._config.port}"]
+        problems = list(self._problems.values())
+        if not problems and self._intake and not self.listening:
+            problems.append("waiting for the broker to grant the command subscription")
+        return problems
+
+    async def _await_connack(self) -> None:
+        # paho would wait a whole keepalive (60 s) for a CONNACK that a non-MQTT port never sends.
+        answered = asyncio.ensure_future(self._answered.wait())
+        dropped = asyncio.ensure_future(self._disconnected.wait())
+        try:
+            await asyncio.wait({answered, dropped}, timeout=self._config.connect_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
+            dropped.cancel()
+        if not self._answered.is_set() and not self._disconnected.is_set():
+            self._peer = (f"received nothing within {self._config.connect_timeout:g}s of our MQTT CONNECT — "
+                          "not an MQTT broker, or a TLS port (use an mqtts:// URL)")
+            self.client._loop_rc_handle(paho.MQTT_ERR_PROTOCOL)
+
+    def _closed_early(self, pause: float) -> bool:
+        """After a close without CONNACK: log why; True when MQTT 3.1.1 should be tried at once."""
+        cfg = self._config
+        where = f"broker {cfg.host}:{cfg.port}"
+        if self._peer is not None:
+            self._last_error = f"{where}: {self._peer}"
+        elif self._v5 and self._auto:
+            log.info("%s closed the connection without answering an MQTT 5 CONNECT; trying MQTT 3.1.1", where)
+            return True
+        elif self._v5:
+            self._last_error = (f"{where} closed the connection without answering an MQTT 5 CONNECT: "
+                                f"{self._connect_error or 'no reason given'} (if the broker only speaks 3.1.1, "
+                                "set mqtt.protocol: auto or \"3.1.1\")")
+        else:
+            hint = ""
+            if cfg.tls and cfg.cert_file is None:
+                hint = " (if the broker requires a client certificate, set mqtt.cert_file and mqtt.key_file)"
+            elif not cfg.tls:
+                hint = " (check the port; a TLS port needs an mqtts:// URL)"
+            self._last_error = (f"{where} closed the connection before accepting it: "
+                                f"{self._connect_error or 'no reason given'}{hint}")
+        log.error("%s; next try in %.1fs", self._last_error, pause)
+        return False
+
+    def _was_taken_over(self, delay: float) -> bool:
+        # MQTT 5 says so (0x8E). On 3.1.1 the broker just closes the socket: two drops in a row,
+        # each soon after a successful connect, are the same sign.
+        if self._taken_over:
+            return True
+        lived = time.monotonic() - self._connected_at
+        # "Soon": before the other instance's backoff would have brought it back (it grows like ours).
+        if not self._v5 and self._drop_reason is not None and lived < max(5.0, 2.5 * delay):
+            self._short_drops += 1
+        else:
+            self._short_drops = 0
+        return self._short_drops >= 2
+
     async def run(self) -> None:
         """Connect and stay connected until `stop()`; reconnect with backoff."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        delay = self._config.reconnect_min
+        cfg = self._config
+        delay = cfg.reconnect_min
+        taken_over_said = False
         while not self._stopping:
             self._disconnected.clear()
-            self._refused = None
+            self._answered.clear()
+            self._refused = self._refused_code = None
+            self._peer = None
+            self._drop_reason = None
+            self._taken_over = False
             accepted = self.connect_count
+            pause = jittered(delay)
             try:
                 await self._loop.run_in_executor(None, self._connect_blocking)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                log.warning("cannot reach broker %s:%d: %s; next try in %.1fs",
-                            self._config.host, self._config.port, exc, delay)
+                self._last_error = f"cannot reach broker {cfg.host}:{cfg.port}: {exc}"
+                log.warning("%s; next try in %.1fs", self._last_error, pause)
             else:
+                await self._await_connack()
                 await self._disconnected.wait()
                 if self._stopping:
                     break
                 if self.connect_count > accepted:
-                    # We were connected: the next drop starts the backoff afresh.
-                    delay = self._config.reconnect_min
-                elif self._refused is None:
-                    # Closed before any CONNACK (refusals with a CONNACK were logged in _handle_connect):
-                    # say why, and back off as for a refusal instead of retrying at reconnect_min forever.
-                    hint = ""
-                    if self._config.tls and self._config.cert_file is None:
-                        hint = " (if the broker requires a client certificate, set mqtt.cert_file and mqtt.key_file)"
-                    elif not self._config.tls:
-                        hint = " (if this is a TLS port, use an mqtts:// URL)"
-                    log.error("broker %s:%d closed the connection before accepting it: %s%s; next try in %.1fs",
-                              self._config.host, self._config.port, self._connect_error or "no reason given",
-                              hint, delay)
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(delay * 2, self._config.reconnect_max)
+                    if self._was_taken_over(delay):
+                        if not taken_over_said:
+                            taken_over_said = True
+                            log.error("another client connected with client_id %r and took over the session "
+                                      "(%s): every bridge instance needs its own mqtt.client_id, or set the same "
+                                      "mqtt.shared_group on all of them; next try in %.1fs",
+                                      cfg.client_id, self._drop_reason, pause)
+                        else:
+                            log.warning("session taken over again by another client_id %r; next try in %.1fs",
+                                        cfg.client_id, pause)
+                        # Keep backing off: resetting would fight the other instance once a second forever.
+                    else:
+                        taken_over_said = False
+                        delay = cfg.reconnect_min
+                        pause = jittered(delay)
+                        log.warning("disconnected from the broker: %s; reconnecting in %.1fs",
+                                    self._drop_reason, pause)
+                elif (self._refused_code == UNSUPPORTED_PROTOCOL and self._v5 and self._auto) or (
+                    self._refused is None and self._closed_early(pause)
+                ):
+                    self._fell_back = True
+                    self._use_protocol(False)
+                    continue
+                elif self._refused is None and self._auto and self._fell_back and self._peer is None:
+                    # 3.1.1 was closed too: not a protocol matter after all; MQTT 5 again next time.
+                    self._fell_back = False
+                    self._use_protocol(True)
+            await asyncio.sleep(pause)
+            if self.connect_count == accepted or self._was_taken_over_streak():
+                delay = min(delay * 2, cfg.reconnect_max)
+
+    def _was_taken_over_streak(self) -> bool:
+        return self._taken_over or self._short_drops >= 2
 
     def stop_intake(self) -> None:
         """Stop subscribing on reconnects.

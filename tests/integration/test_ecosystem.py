@@ -555,7 +555,11 @@ def test_metrics_and_healthz(start_bridge: StartBridge, probe: Probe, base_topic
     start_bridge({"metrics": {"port": port}})
     status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
     assert status == 200, body
-    assert json.loads(body) == {"status": "ok"}
+    assert json.loads(body)["status"] == "ok"
+    poll(lambda: json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1])["cloud"] != "not checked yet",
+         timeout=10, what="the start-up cloud login")
+    assert json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1]) == {
+        "status": "ok", "mqtt": "ok", "cloud": "login ok as demo"}
     assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
     status, text = http_get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200

@@ -5,14 +5,35 @@ Each test goes through a real Mosquitto, the real bridge process and the mock cl
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import socketserver
+import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from bridge.mockcloud import Behaviour, MockCloud
-from tests.conftest import GUIDS
-from tests.integration.test_ecosystem import send
-from tests.support.bridge_proc import BridgeProcess
+from tests.conftest import GUIDS, bridge_config
+from tests.integration.test_ecosystem import (
+    ONLINE,
+    http_answer,
+    http_get,
+    is_online,
+    log_lines,
+    poll,
+    running_bridge,
+    send,
+)
+from tests.support.bridge_proc import BridgeProcess, deep_merge
+from tests.support.broker import Broker, free_port, wait_port
 from tests.support.probe import Probe
+from tests.support.tls import broker_extra
 
 StartBridge = Callable[..., BridgeProcess]
 
@@ -25,13 +46,208 @@ def test_request_id_after_the_window_is_a_new_capture_on_a_quiet_bridge(
 ) -> None:
     start_bridge({"bridge": {"dedupe_window": 1.0}})
     guid = GUIDS[Behaviour.OK]
+    before = len(cloud.instructions_for(guid))  # the mock cloud is shared by the whole run
     first = send(probe, base_topic, "truck-12", {"request_id": "fixed"})
     again = send(probe, base_topic, "truck-12", {"request_id": "fixed"})
     assert again["file_id"] == first["file_id"]  # within the window: the first one's state
-    assert len(cloud.instructions_for(guid)) == 1
+    assert len(cloud.instructions_for(guid)) == before + 1
     time.sleep(1.5)  # ok: the de-dup window itself must pass, with no other command in between
     later = send(probe, base_topic, "truck-12", {"request_id": "fixed"})
-    assert len(cloud.instructions_for(guid)) == 2
+    assert len(cloud.instructions_for(guid)) == before + 2
     assert later["status"] == "ok"
     assert later["file_id"] != first["file_id"]
     assert later["timestamp"] != first["timestamp"]
+
+
+# --- 2. a refused subscription is an error, 503 and no "online"; granted later, the bridge recovers --
+
+
+DYNSEC = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+ADMIN_PASSWORD = "admin-pw-for-tests"
+
+
+def _dynsec_broker(workdir: Path, command_filter: str) -> Broker:
+    """A Mosquitto whose dynamic-security plugin refuses user "deaf" the subscription to `command_filter`.
+
+    (Mosquitto's acl_file grants every SUBSCRIBE and filters at delivery; only the plugin refuses a SUBACK.)
+    """
+    ctrl = shutil.which("mosquitto_ctrl")
+    if ctrl is None or not DYNSEC.exists():
+        pytest.skip("mosquitto_ctrl or the dynamic-security plugin is missing (apt-get install mosquitto)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "dynsec.json"
+    subprocess.run([ctrl, "dynsec", "init", str(path), "admin", ADMIN_PASSWORD], check=True, capture_output=True,
+                   timeout=30)
+    data = json.loads(path.read_text())
+    admin = data["clients"][0]
+    # Same salt and hash as admin: "deaf" logs in with the admin password, but has only its own role.
+    data["clients"].append(dict(admin, username="deaf", textName="bridge under test", roles=[{"rolename": "deaf"}]))
+    data["roles"].append({"rolename": "deaf", "acls": [
+        {"acltype": "subscribeLiteral", "topic": command_filter, "allow": False}]})
+    data["defaultACLAccess"] = dict.fromkeys(data["defaultACLAccess"], True)
+    path.write_text(json.dumps(data))
+    extra = [f"plugin {DYNSEC}", f"plugin_opt_config_file {path}", broker_extra()]
+    return Broker(workdir, extra="\n".join(filter(None, extra)))
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_refused_subscription_is_an_error_503_and_never_online(
+    tmp_path: Path, cloud: MockCloud, base_topic: str, protocol: str
+) -> None:
+    command_filter = f"{base_topic}/+/capture/set"
+    broker = _dynsec_broker(tmp_path / "mosquitto", command_filter)
+    broker.start()
+    port = free_port()
+    config = deep_merge(bridge_config(broker, cloud, base_topic, tmp_path), {
+        "mqtt": {"username": "deaf", "password": ADMIN_PASSWORD, "protocol": protocol,
+                 "reconnect_min": 0.3, "reconnect_max": 1.0},
+        "metrics": {"port": port},
+    })
+    probe = Probe(broker.port)
+    try:
+        probe.subscribe(f"{base_topic}/bridge/state")
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            bridge.wait_log(f"refused the subscription to {command_filter}", timeout=15)
+            line = log_lines(bridge, "refused the subscription")[0]
+            assert " ERROR " in line
+            assert ("(0x87)" if protocol == "5" else "(0x80)") in line  # the broker's reason code is named
+            assert "Not authorized" in line or protocol != "5"
+            status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
+            assert status == 503, body
+            assert any(f"refused the subscription to {command_filter}" in p for p in json.loads(body)["mqtt"])
+            # Retried with backoff, and never claims to be online while deaf.
+            poll(lambda: len(log_lines(bridge, "refused the subscription")) >= 2, timeout=10, what="a retry")
+            assert not [m for m in probe.messages if m.payload == ONLINE]
+            # The broker's ACL is fixed at run time: the next retry is granted, and only now online.
+            subprocess.run(["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(broker.port), "-u", "admin",
+                            "-P", ADMIN_PASSWORD, "dynsec", "removeRoleACL", "deaf", "subscribeLiteral",
+                            command_filter], check=True, capture_output=True, timeout=30)
+            probe.wait_for(is_online(base_topic), timeout=15)
+            bridge.wait_log(f"granted the subscription to {command_filter}", timeout=5)
+            poll(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=10, what="healthy")
+            assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
+    finally:
+        probe.close()
+        broker.stop()
+
+
+# --- 6. protocol auto; a port that is not MQTT is named ----------------------------------------
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[int]:
+    """A private NATS server with MQTT (3.1.1 only) and JetStream; its MQTT port."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(binary).exists():
+        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+    client_port, mqtt_port = free_port(), free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'listen: 127.0.0.1:{client_port}\nserver_name: t{mqtt_port}\n'
+                    f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\nmqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n')
+    log = (tmp_path / "nats.log").open("wb")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(mqtt_port, timeout=20)
+        yield mqtt_port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_auto_falls_back_to_311_on_a_broker_without_mqtt5(
+    nats: int, cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    config = bridge_config(Broker(tmp_path / "unused"), cloud, base_topic, tmp_path)
+    config["mqtt"]["url"] = f"mqtt://127.0.0.1:{nats}"
+    assert "protocol" not in config["mqtt"]  # the default
+    probe = Probe(nats, protocol=MQTTProtocolVersion.MQTTv311)
+    try:
+        probe.subscribe(f"{base_topic}/bridge/state")
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            probe.wait_for(lambda m: m.topic == f"{base_topic}/bridge/state" and m.payload == ONLINE, timeout=20)
+            connected = log_lines(bridge, "connected to")
+            assert connected, bridge.log_text()
+            assert "MQTT 3.1.1, auto: the broker refused MQTT 5" in connected[0]
+            assert " INFO " in connected[0]
+            state = send(probe, base_topic, "truck-12", {"request_id": "via-nats"})
+            assert state["status"] == "ok"
+            assert "TLS" not in bridge.log_text()
+            assert " ERROR " not in bridge.log_text()
+    finally:
+        probe.close()
+
+
+def test_shared_group_on_a_broker_that_ignores_share_is_an_error(
+    nats: int, cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = bridge_config(Broker(tmp_path / "unused"), cloud, base_topic, tmp_path)
+    config["mqtt"].update(url=f"mqtt://127.0.0.1:{nats}", shared_group="grp")
+    config["metrics"] = {"port": port}
+    with running_bridge(tmp_path / "bridge", config) as bridge:
+        bridge.wait_log("as a plain topic", timeout=20)
+        line = log_lines(bridge, "as a plain topic")[0]
+        assert " ERROR " in line
+        assert "mqtt.shared_group" in line
+        status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
+        assert status == 503
+        assert "plain topic" in body
+
+
+class _Http400(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(1024)
+        self.request.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+class _Silent(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(1024)
+        self.server.done.wait(30)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _server(handler: type[socketserver.BaseRequestHandler]) -> Iterator[int]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.done = threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.done.set()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_http_port_is_named_within_the_connect_timeout(
+    cloud: MockCloud, base_topic: str, tmp_path: Path, broker: Broker
+) -> None:
+    with _server(_Http400) as port:
+        config = bridge_config(broker, cloud, base_topic, tmp_path)
+        config["mqtt"]["url"] = f"mqtt://127.0.0.1:{port}"
+        started = time.monotonic()
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            bridge.wait_log("not an MQTT broker", timeout=10)
+            took = time.monotonic() - started
+            line = log_lines(bridge, "not an MQTT broker")[0]
+        assert " ERROR " in line
+        assert f"127.0.0.1:{port}" in line
+        assert "received 'HTTP/1.1 400 Bad Request'" in line
+        assert "TLS" not in line
+        assert took < 10
+
+
+def test_a_silent_port_is_named_within_the_connect_timeout(
+    cloud: MockCloud, base_topic: str, tmp_path: Path, broker: Broker
+) -> None:
+    with _server(_Silent) as port:
+        config = bridge_config(broker, cloud, base_topic, tmp_path)
+        config["mqtt"].update(url=f"mqtt://127.0.0.1:{port}", connect_timeout=2)
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            bridge.wait_log("received nothing within 2s", timeout=8)
+            line = log_lines(bridge, "received nothing")[0]
+        assert f"127.0.0.1:{port}" in line
+        assert " ERROR " in line

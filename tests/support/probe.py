@@ -42,11 +42,12 @@ class Probe:
         tls: ssl.SSLContext | None = None,
         username: str | None = None,
         password: str | None = None,
+        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
     ) -> None:
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=protocol,
         )
         self.messages: list[Received] = []
         self._cond = threading.Condition()

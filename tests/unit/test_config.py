@@ -49,7 +49,7 @@ def test_defaults_with_only_a_token(tmp_path: Path) -> None:
     assert config.mqtt.password is None
     assert config.mqtt.client_id == "capture-bridge"
     assert config.mqtt.base_topic == "devices"
-    assert config.mqtt.protocol == "5"
+    assert config.mqtt.protocol == "auto"
     assert config.mqtt.host == "127.0.0.1"
     assert config.mqtt.port == 1883
     assert config.mqtt.tls is False
@@ -302,7 +302,8 @@ def test_devices_must_be_a_mapping(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("5", "5"), ('"5"', "5"), ('"3.1.1"', "3.1.1"), ("3.1.1", "3.1.1"), ('"311"', "3.1.1")],
+    [("5", "5"), ('"5"', "5"), ('"3.1.1"', "3.1.1"), ("3.1.1", "3.1.1"), ('"311"', "3.1.1"), ("auto", "auto"),
+     ("AUTO", "auto")],
 )
 def test_protocol(tmp_path: Path, value: str, expected: str) -> None:
     assert load(tmp_path, MINIMAL + f"mqtt:\n  protocol: {value}\n").mqtt.protocol == expected
@@ -430,5 +431,5 @@ def test_shipped_configs_load(name: str) -> None:
 def test_example_config_sets_every_spec_key() -> None:
     config = load_config(ROOT / "config" / "bridge.example.yaml", environ={})
     assert config.mqtt.base_topic == "devices"
-    assert config.mqtt.protocol == "5"
+    assert config.mqtt.protocol == "auto"
     assert config.cloud.base_url == "https://cloud.assetscontrols.com:3443/OpenApi"
