@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test unit integration lint bench bench-quick soak ha-check clean
+.PHONY: install demo test unit integration lint bench bench-quick soak ha-check image-check lock clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ ha-check: install
 
 soak: install
 	$(BIN)/python -m bench.soak --seconds 420 --settle 240
+
+# Builds the image and runs docker/compose.yml for real (Docker, else Podman); minutes, not in `make test`.
+image-check: install
+	$(BIN)/python -m tests.image_check
+
+# requirements.lock: the image's dependencies, pinned with hashes. Run after changing pyproject.toml.
+lock: install
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --strip-extras \
+	  --allow-unsafe --build-deps-for=wheel --no-emit-index-url --no-emit-find-links \
+	  --output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results *.egg-info

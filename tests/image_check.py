@@ -1,0 +1,575 @@
+"""`make image-check`: build the image and run docker/compose.yml for real, then check what users rely on.
+
+Docker where an engine answers, else Podman (with podman-compose). One PASS/FAIL line per check,
+exit 1 on any FAIL. What the unit tests can only read in the files (tests/unit/test_containers.py),
+this proves on a running stack: commands wait for a stopped bridge, a stop during a capture
+finishes it (one POST, exit 0), `down`/`up` keeps the broker's data, the container runs as a
+numeric non-root user on a read-only root filesystem, and the HEALTHCHECK turns healthy.
+
+Where the pinned base images cannot be pulled (no registry reachable), it builds stand-ins with
+mmdebstrap from Debian bookworm (python3 3.11, Debian's mosquitto) and says so: the image is then
+built `--build-arg PYTHON_IMAGE=<stand-in>` and the broker runs the stand-in, nothing else changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.broker import free_port, wait_port
+from tests.support.probe import Probe
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+COMPOSE = ROOT / "docker" / "compose.yml"
+PROJECT = "capture-bridge-check"
+BASE = "devices"
+# The mock cloud holds every Instruction this long, like the real cloud waiting for a device.
+LATENCY = 15.0
+STANDIN_PYTHON = "localhost/capture-bridge-standin/python:3.11-slim-bookworm"
+STANDIN_MOSQUITTO = "localhost/capture-bridge-standin/eclipse-mosquitto:2"
+
+
+def pinned_python_image() -> str:
+    """The Dockerfile's default base image (name@digest)."""
+    match = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    if match is None:
+        raise SystemExit("docker/Dockerfile has no `ARG PYTHON_IMAGE=...` line")
+    return match.group(1)
+
+
+def compose_default(value: str) -> str:
+    """`${VAR:-default}` -> default."""
+    match = re.fullmatch(r"\$\{\w+:-(.+)\}", value)
+    return match.group(1) if match else value
+
+
+def compose_file() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def grace_seconds(value: str) -> float:
+    """A compose duration like `45s` or `1m30s` in seconds."""
+    total, units = 0.0, {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    for number, unit in re.findall(r"([\d.]+)(ms|h|m|s)", value):
+        total += float(number) * units[unit]
+    return total
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """One line per check; the exit status is whether every check passed."""
+
+    failures: list[str] = field(default_factory=list)
+    passes: int = 0
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"  [{detail}]" if detail else ""), flush=True)
+        if ok:
+            self.passes += 1
+        else:
+            self.failures.append(name)
+        return ok
+
+    @staticmethod
+    def note(text: str) -> None:
+        print(f"      {text}", flush=True)
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 900, check: bool = True,
+        quiet: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise with the tail of its output."""
+    proc = subprocess.run(
+        list(cmd), cwd=ROOT, env=env, text=True, capture_output=quiet, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        tail = ((proc.stdout or "") + (proc.stderr or ""))[-3000:]
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{tail}")
+    return proc
+
+
+@dataclass
+class Engine:
+    """docker or podman, and the compose that goes with it."""
+
+    name: str
+    compose_cmd: list[str]
+    version: str
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return run([self.name, *args], check=check, timeout=timeout)
+
+    def inspect(self, ref: str, kind: str = "container") -> dict[str, Any]:
+        data = json.loads(self("inspect", "--type", kind, ref).stdout)
+        assert isinstance(data, list)
+        return dict(data[0])
+
+    def has_image(self, ref: str) -> bool:
+        return self("image", "inspect", ref, check=False).returncode == 0
+
+
+def find_engine() -> Engine:
+    if shutil.which("docker") and run(["docker", "info"], check=False, timeout=30).returncode == 0:
+        version = run(["docker", "version", "--format", "{{.Server.Version}}"]).stdout.strip()
+        return Engine("docker", ["docker", "compose"], f"Docker {version}")
+    if shutil.which("podman") and run(["podman", "info"], check=False, timeout=60).returncode == 0:
+        version = run(["podman", "version", "--format", "{{.Client.Version}}"]).stdout.strip()
+        venv_compose = Path(sys.executable).with_name("podman-compose")
+        if venv_compose.exists():
+            compose = [str(venv_compose)]
+        elif shutil.which("podman-compose"):
+            compose = ["podman-compose"]
+        else:
+            raise SystemExit("image-check: podman found but not podman-compose: pip install podman-compose")
+        return Engine("podman", compose, f"Podman {version} + podman-compose")
+    raise SystemExit("image-check: no container engine answers (docker info / podman info)")
+
+
+# -- base images --------------------------------------------------------------------------------
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt uses on this machine (the stand-ins come from the same place)."""
+    texts = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in texts:
+        with contextlib.suppress(OSError):
+            text = path.read_text(encoding="utf-8")
+            match = re.search(r"(?:^URIs:\s*|^deb\s+(?:\[[^]]*\]\s+)?)(\S+/debian)/?\s", text, re.MULTILINE)
+            if match:
+                return match.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def build_standin(engine: Engine, tag: str, packages: list[str], hooks: list[str], changes: list[str]) -> None:
+    """Debian bookworm with `packages`, imported as `tag`."""
+    if not shutil.which("mmdebstrap"):
+        raise SystemExit("image-check: no registry and no mmdebstrap to build a stand-in (apt-get install mmdebstrap)")
+    with tempfile.TemporaryDirectory(prefix="standin-") as tmp:
+        tar = Path(tmp) / "rootfs.tar"
+        run(["mmdebstrap", "--variant=apt", "--include=" + ",".join(packages),
+             *(f"--customize-hook={hook}" for hook in hooks), "bookworm", str(tar), debian_mirror()], timeout=1800)
+        change_args = [arg for change in changes for arg in ("--change", change)]
+        engine("import", *change_args, str(tar), tag)
+
+
+def python_standin(engine: Engine) -> None:
+    # Like python:3.11-slim-bookworm: python3 3.11 with venv and pip. This machine reaches PyPI
+    # through a TLS-inspecting proxy, so the stand-in trusts the same CA bundle the host does.
+    hooks = ['cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/ca-certificates.crt"',
+             'printf "[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n" > "$1/etc/pip.conf"']
+    build_standin(engine, STANDIN_PYTHON, ["python3", "python3-venv", "python3-pip", "ca-certificates"], hooks,
+                  ["ENV LANG=C.UTF-8", 'CMD ["python3"]'])
+
+
+def mosquitto_standin(engine: Engine) -> None:
+    # Like eclipse-mosquitto:2: the broker as PID 1 reading /mosquitto/config, data in /mosquitto/data
+    # owned by the mosquitto user it drops to.
+    hooks = ['mkdir -p "$1/mosquitto/config" "$1/mosquitto/data" "$1/mosquitto/log"',
+             'chroot "$1" chown -R mosquitto:mosquitto /mosquitto/data /mosquitto/log',
+             'printf "listener 1883\\nallow_anonymous true\\n" > "$1/mosquitto/config/mosquitto.conf"']
+    build_standin(engine, STANDIN_MOSQUITTO, ["mosquitto"], hooks,
+                  ["EXPOSE 1883", 'CMD ["/usr/sbin/mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]'])
+
+
+def base_image(engine: Engine, ref: str, standin: str, build: Callable[[Engine], None], rebuild: bool) -> str:
+    """`ref` when it can be pulled, else the stand-in (built once, reused by later runs)."""
+    if engine.has_image(ref) or engine("pull", ref, check=False, timeout=300).returncode == 0:
+        Report.note(f"base image {ref}: pulled")
+        return ref
+    if rebuild or not engine.has_image(standin):
+        Report.note(f"base image {ref}: cannot be pulled (no registry reachable); building stand-in {standin} "
+                    f"with mmdebstrap from Debian bookworm ({debian_mirror()})")
+        started = time.monotonic()
+        build(engine)
+        Report.note(f"stand-in {standin} built in {time.monotonic() - started:.0f} s")
+    else:
+        Report.note(f"base image {ref}: cannot be pulled (no registry reachable); using stand-in {standin} "
+                    "built earlier by image-check (--rebuild-standins to refresh)")
+    return standin
+
+
+# -- the stack ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """docker/compose.yml under its own project name, on free host ports, with a slow mock cloud."""
+
+    engine: Engine
+    env: dict[str, str]
+    files: list[str]
+    broker_port: int
+    metrics_port: int
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        files = [arg for path in self.files for arg in ("-f", path)]
+        return run([*self.engine.compose_cmd, "-p", PROJECT, *files, *args], env=self.env, check=check,
+                   timeout=timeout)
+
+    def container(self, service: str) -> str:
+        out = self.engine("ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                          "--filter", f"label=com.docker.compose.service={service}").stdout.split()
+        if not out:
+            raise RuntimeError(f"no container for service {service}")
+        return out[0]
+
+    def exec_python(self, service: str, code: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return self.engine("exec", self.container(service), "python", "-c", code, check=check)
+
+    def healthz(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=3) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    def metric(self, name: str) -> float | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as reply:
+                text = reply.read().decode()
+        except OSError:
+            return None
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else None
+
+    def wait_until(self, what: str, condition: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+            time.sleep(0.25)  # ok: polling a container from outside, with a deadline
+
+    def wait_bridge_ready(self, timeout: float = 90) -> None:
+        self.wait_until("bridge /healthz 200", lambda: self.healthz() == 200, timeout)
+
+
+def guid() -> str:
+    return str(uuid.uuid4())
+
+
+def command(probe: Probe, device: str, request_id: str) -> None:
+    probe.publish(f"{BASE}/{device}/capture/set", {"type": "photo", "request_id": request_id})
+
+
+def state_of(probe: Probe, device: str, request_id: str, timeout: float) -> dict[str, Any]:
+    topic = f"{BASE}/{device}/capture/state"
+    found = probe.wait_for(
+        lambda m: m.topic == topic and bool(m.payload) and m.json().get("request_id") == request_id
+        and m.json().get("status") != "pending",
+        timeout=timeout,
+    )
+    state = found[0].json()
+    assert isinstance(state, dict)
+    return state
+
+
+def file_number(state: dict[str, Any]) -> int:
+    """The mock cloud numbers the files of its successful Instructions 1, 2, 3...: the count of POSTs."""
+    file_id = str(state.get("file_id"))
+    match = re.search(r"_(\d+)$", file_id)
+    if match is None:
+        raise ValueError(f"file_id {file_id!r} does not end in _<number>")
+    return int(match.group(1))
+
+
+@contextlib.contextmanager
+def probe_on(port: int) -> Iterator[Probe]:
+    probe = Probe(port)
+    try:
+        probe.subscribe(f"{BASE}/+/capture/state")
+        yield probe
+    finally:
+        probe.close()
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+def check_image(report: Report, engine: Engine, image: str) -> None:
+    info = engine.inspect(image, "image")
+    config = info.get("Config") or {}
+    user = str(config.get("User", ""))
+    report.check("image: USER is numeric and not root", bool(re.fullmatch(r"[1-9]\d*(:\d+)?", user)), user)
+    # Docker keeps the HEALTHCHECK in Config, Podman next to it.
+    health = config.get("Healthcheck") or info.get("Healthcheck") or {}
+    test = " ".join(health.get("Test") or [])
+    report.check("image: HEALTHCHECK asks /healthz", "/healthz" in test, test[:60] + "...")
+    entrypoint = config.get("Entrypoint") or []
+    report.check("image: tini is PID 1 (ENTRYPOINT)", bool(entrypoint) and entrypoint[0].endswith("tini"),
+                 " ".join(entrypoint))
+    size = engine("image", "inspect", image, "--format", "{{.Size}}").stdout.strip()
+    report.note(f"image size {int(size) / 1e6:.0f} MB")
+
+
+def check_container(report: Report, stack: Stack) -> None:
+    bridge = stack.container("bridge")
+    ids = stack.exec_python("bridge", "import os; print(os.getuid(), os.getgid())").stdout.split()
+    report.check("container: runs as a numeric non-root user", ids == ["10001", "10001"], " ".join(ids))
+    account = stack.exec_python(
+        "bridge", "import pwd; p = pwd.getpwuid(10001); print(p.pw_shell, p.pw_dir)").stdout.split()
+    report.check("container: the user has no login shell and no home", account == ["/usr/sbin/nologin", "/nonexistent"],
+                 " ".join(account))
+    info = stack.engine.inspect(bridge)
+    read_only = bool(info.get("HostConfig", {}).get("ReadonlyRootfs"))
+    write = stack.exec_python("bridge", "open('/opt/venv/probe', 'w')")
+    report.check("container: root filesystem is read-only", read_only and "Read-only file system" in write.stderr,
+                 f"ReadonlyRootfs={read_only}")
+    listing = stack.exec_python("bridge", "import os; print(sorted(os.listdir('/data')))").stdout.strip()
+    report.check("container: /data holds the journal and nothing from a home directory",
+                 "journal.sqlite" in listing and ".bashrc" not in listing and ".profile" not in listing, listing)
+    pid1 = stack.exec_python("bridge", "print(open('/proc/1/cmdline').read().split(chr(0))[0])").stdout.strip()
+    report.check("container: PID 1 is tini", pid1.endswith("tini"), pid1)
+    leftovers = stack.exec_python(
+        "bridge",
+        "import importlib.util, os; print(os.path.exists('/wheels'), importlib.util.find_spec('pip') is not None)",
+    ).stdout.split()
+    report.check("container: no wheels and no pip left in the image", leftovers == ["False", "False"],
+                 f"/wheels, pip: {' '.join(leftovers)}")
+    files = stack.exec_python(
+        "bridge", "import importlib.metadata as m; print([str(f) for f in m.distribution('capture-bridge').files])"
+    ).stdout
+    report.check("container: LICENSE ships in the wheel", "LICENSE" in files)
+    env = " ".join(info.get("Config", {}).get("Env") or [])
+    shown = stack.engine("exec", bridge, "capture-bridge", "check-config", check=False).stdout
+    report.check("container: cloud password comes from a secret file, not the environment, and check-config masks it",
+                 "demo-password" not in env and "PASSWORD_FILE=/run/secrets/cloud_password" in env
+                 and "demo-password" not in shown and '"password": "**********"' in shown)
+    ports = " ".join(stack.engine("port", stack.container("mosquitto")).stdout.split()
+                     + stack.engine("port", bridge).stdout.split())
+    bound = re.findall(r"->\s*(\S+):\d+", ports)
+    report.check("compose: broker and metrics published on 127.0.0.1 only",
+                 len(bound) == 2 and all(host == "127.0.0.1" for host in bound), ports)
+
+
+def check_health(report: Report, stack: Stack) -> None:
+    bridge = stack.container("bridge")
+    started = time.monotonic()
+    status = ""
+    # Podman runs health checks from systemd timers; where there is no systemd, run them by hand
+    # (the same HEALTHCHECK command, the same status bookkeeping).
+    manual = stack.engine.name == "podman" and not Path("/run/systemd/system").exists()
+    while time.monotonic() - started < 90:
+        if manual:
+            stack.engine("healthcheck", "run", bridge, check=False)
+        state = stack.engine.inspect(bridge).get("State", {})
+        status = str((state.get("Health") or state.get("Healthcheck") or {}).get("Status", ""))
+        if status == "healthy":
+            break
+        time.sleep(1)  # ok: polling the engine's health status, with a deadline
+    how = " (podman healthcheck run: no systemd timers here)" if manual else ""
+    report.check("HEALTHCHECK turns healthy", status == "healthy",
+                 f"{status or 'no status'} after {time.monotonic() - started:.0f} s{how}")
+
+
+def check_capture(report: Report, stack: Stack) -> int:
+    """A capture through the compose broker; returns the mock cloud's file number."""
+    with probe_on(stack.broker_port) as probe:
+        command(probe, "truck-12", "check-first")
+        state = state_of(probe, "truck-12", "check-first", LATENCY + 30)
+    report.check("a capture through the compose broker -> ok", state.get("status") == "ok",
+                 f"status {state.get('status')}, file {state.get('file_id')}")
+    return file_number(state)
+
+
+def check_stopped_bridge(report: Report, stack: Stack) -> None:
+    stack.compose("stop", "bridge")
+    devices = [guid() for _ in range(5)]
+    with probe_on(stack.broker_port) as probe:
+        for n, device in enumerate(devices):
+            command(probe, device, f"while-stopped-{n}")
+        started = time.monotonic()
+        stack.compose("start", "bridge")
+        states = []
+        deadline = started + LATENCY + 60
+        for n, device in enumerate(devices):
+            with contextlib.suppress(TimeoutError):
+                states.append(state_of(probe, device, f"while-stopped-{n}", deadline - time.monotonic()))
+    ok = sum(1 for s in states if s.get("status") == "ok")
+    report.check("bridge stopped, 5 commands published, bridge started -> 5 states", ok == 5,
+                 f"{ok}/5 ok in {time.monotonic() - started:.0f} s")
+
+
+def check_stop_during_capture(report: Report, stack: Stack, grace: float) -> None:
+    device = guid()
+    with probe_on(stack.broker_port) as probe:
+        stack.wait_bridge_ready()
+        command(probe, device, "stop-during")
+        stack.wait_until("the capture reached the cloud",
+                         lambda: (stack.metric("capture_bridge_in_flight") or 0) >= 1, 20)
+        started = time.monotonic()
+        stack.compose("stop", "bridge", timeout=grace + 60)
+        took = time.monotonic() - started
+        state = stack.engine.inspect(stack.container("bridge")).get("State", {})
+        code = state.get("ExitCode")
+        report.check(f"stop during a {LATENCY:.0f} s capture -> clean exit 0 within the {grace:.0f} s grace period",
+                     code == 0 and took < grace, f"exit {code} after {took:.1f} s")
+        first = state_of(probe, device, "stop-during", 5)
+        report.check("the capture running at stop finished and its state was published",
+                     first.get("status") == "ok", f"status {first.get('status')}")
+        # Restart: a journal replay or a retry would make a second POST; the next capture then
+        # gets a file number two higher instead of one.
+        stack.compose("start", "bridge")
+        stack.wait_bridge_ready()
+        command(probe, device, "after-restart")
+        second = state_of(probe, device, "after-restart", LATENCY + 30)
+        repeats = [m for m in probe.messages if m.payload and m.json().get("request_id") == "stop-during"]
+        posts = file_number(second) - file_number(first)
+        report.check("exactly one POST at the mock cloud for the stopped capture",
+                     posts == 1 and len(repeats) == 1,
+                     f"file {first.get('file_id')} then {second.get('file_id')}, states for it: {len(repeats)}")
+
+
+def check_down_up(report: Report, stack: Stack) -> None:
+    stack.compose("down")
+    volumes = stack.engine("volume", "ls", "--format", "{{.Name}}").stdout.split()
+    kept = [v for v in volumes if v.startswith(PROJECT)]
+    report.note(f"after down, volumes kept: {', '.join(sorted(kept))}")
+    stack.compose("up", "-d", "mosquitto")
+    wait_port(stack.broker_port, 60)
+    device = guid()
+    with probe_on(stack.broker_port) as probe:
+        retained = probe.wait_for(lambda m: m.retain and m.topic == f"{BASE}/truck-12/capture/state", timeout=10)
+        report.check("down + up keeps retained states", bool(retained) and retained[0].json().get("status") == "ok",
+                     f"retained {BASE}/truck-12/capture/state: {retained[0].json().get('request_id')}")
+        command(probe, device, "while-down")
+        stack.compose("up", "-d")
+        try:
+            state = state_of(probe, device, "while-down", LATENCY + 60)
+        except TimeoutError:
+            state = {}
+    report.check("down + up keeps the bridge's session (command published while it was down -> state)",
+                 state.get("status") == "ok", f"status {state.get('status')}")
+
+
+def check_startup_sigterm(report: Report, engine: Engine, image: str) -> None:
+    """SIGTERM right after start (before Python has its handlers): the container must still stop."""
+    times = []
+    for n in range(3):
+        name = f"{PROJECT}-sigterm-{n}"
+        engine("rm", "-f", name, check=False)
+        engine("run", "-d", "--name", name, "--network", "none", "-e", "CAPTURE_BRIDGE_CLOUD__TOKEN=check",
+               image)
+        started = time.monotonic()
+        engine("kill", "--signal", "TERM", name, check=False)
+        waited = engine("wait", name, check=False, timeout=20)
+        took = time.monotonic() - started
+        running = engine.inspect(name).get("State", {}).get("Running")
+        engine("rm", "-f", name, check=False)
+        times.append(took if waited.returncode == 0 and not running else float("inf"))
+    report.check("SIGTERM during start-up stops the container (3 tries)", all(t < 10 for t in times),
+                 ", ".join("hung" if t == float("inf") else f"{t:.1f} s" for t in times))
+
+
+def check_scale_out_config(report: Report, stack: Stack) -> None:
+    """The scale-out override puts every member in the group, each with its own id and journal."""
+    files = [*stack.files[:1], str(ROOT / "docker" / "compose.scale-out.yml")]
+    merged = yaml.safe_load(run([*stack.engine.compose_cmd, "-p", PROJECT, *[a for f in files for a in ("-f", f)],
+                                 "config"], env=stack.env).stdout)
+    members = {name: svc for name, svc in merged["services"].items()
+               if "CAPTURE_BRIDGE_MQTT__URL" in (svc.get("environment") or {})}
+    groups = {svc["environment"].get("CAPTURE_BRIDGE_MQTT__SHARED_GROUP") for svc in members.values()}
+    ids = [svc["environment"].get("CAPTURE_BRIDGE_MQTT__CLIENT_ID") for svc in members.values()]
+    builds = [name for name, svc in merged["services"].items() if svc.get("build")]
+    report.check("scale-out override: every member in the group, own client_id, one build",
+                 len(members) >= 2 and groups == {"capture"} and len(set(ids)) == len(ids) and len(builds) == 1,
+                 f"members {sorted(members)}, groups {groups}, builds {builds}")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="leave the stack running (and its volumes) at the end")
+    parser.add_argument("--rebuild-standins", action="store_true", help="rebuild the stand-in base images")
+    args = parser.parse_args(argv)
+
+    report = Report()
+    engine = find_engine()
+    print(f"image-check with {engine.version}", flush=True)
+    compose = compose_file()
+    python_ref = pinned_python_image()
+    mosquitto_ref = compose_default(compose["services"]["mosquitto"]["image"])
+    python_image = base_image(engine, python_ref, STANDIN_PYTHON, python_standin, args.rebuild_standins)
+    mosquitto_image = base_image(engine, mosquitto_ref, STANDIN_MOSQUITTO, mosquitto_standin, args.rebuild_standins)
+    image = f"localhost/{PROJECT}:latest"
+    grace = grace_seconds(str(compose["services"]["bridge"]["stop_grace_period"]))
+
+    with tempfile.TemporaryDirectory(prefix="image-check-") as tmp:
+        override = Path(tmp) / "compose.check.yml"
+        override.write_text(yaml.safe_dump({"services": {"mock-cloud": {"command": [
+            "mock-cloud", "--host", "0.0.0.0", "--port", "8092", "--strict", "--any-device",
+            "--latency", str(LATENCY)]}}}), encoding="utf-8")
+        env = dict(os.environ, PYTHON_IMAGE=python_image, MOSQUITTO_IMAGE=mosquitto_image,
+                   CAPTURE_BRIDGE_IMAGE=image, BUILDAH_FORMAT="docker")
+        stack = Stack(engine, env, [str(COMPOSE), str(override)], free_port(), free_port())
+        env.update(BROKER_HOST_PORT=str(stack.broker_port), METRICS_HOST_PORT=str(stack.metrics_port))
+        report.note(f"project {PROJECT}: broker on 127.0.0.1:{stack.broker_port}, metrics on "
+                    f"127.0.0.1:{stack.metrics_port}, mock cloud latency {LATENCY:.0f} s, grace {grace:.0f} s")
+        stack.compose("down", "-v", check=False)
+        try:
+            started = time.monotonic()
+            built = stack.compose("build", check=False)
+            if not report.check("compose builds the image from the current tree", built.returncode == 0,
+                                f"{time.monotonic() - started:.0f} s, FROM {python_image}"):
+                print((built.stdout + built.stderr)[-3000:])
+                return 1
+            check_image(report, engine, image)
+            check_scale_out_config(report, stack)
+            stack.compose("up", "-d")
+            wait_port(stack.broker_port, 60)
+            stack.wait_bridge_ready()
+            steps: list[tuple[str, Callable[[], object]]] = [
+                ("container", lambda: check_container(report, stack)),
+                ("healthcheck", lambda: check_health(report, stack)),
+                ("capture", lambda: check_capture(report, stack)),
+                ("commands while stopped", lambda: check_stopped_bridge(report, stack)),
+                ("stop during a capture", lambda: check_stop_during_capture(report, stack, grace)),
+                ("down + up", lambda: check_down_up(report, stack)),
+                ("SIGTERM during start-up", lambda: check_startup_sigterm(report, engine, image)),
+            ]
+            for name, step in steps:
+                try:
+                    step()
+                except (RuntimeError, TimeoutError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+                    report.check(name, False, f"{type(exc).__name__}: {str(exc)[-1500:]}")
+        finally:
+            if args.keep:
+                report.note(f"stack left running: {' '.join(engine.compose_cmd)} -p {PROJECT} down -v")
+            else:
+                stack.compose("down", "-v", check=False)
+    total = report.passes + len(report.failures)
+    print(f"image-check: {report.passes}/{total} passed" + (f"; FAILED: {', '.join(report.failures)}"
+                                                            if report.failures else ""), flush=True)
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
