@@ -17,7 +17,7 @@ from bridge import __version__
 from bridge import state as states
 from bridge.app import install_signal_handlers, limits_of, make_http, raise_fd_limit, run_bridge
 from bridge.cloud import CloudClient
-from bridge.command import FIELDS, decode_payload, parse_command
+from bridge.command import FIELDS, decode_payload, parse_command, request_id_of
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import redact, setup_logging
@@ -126,7 +126,9 @@ async def _capture_once(
 ) -> dict[str, Any]:
     devices = {name: entry.guid for name, entry in config.devices.items()}
     rid = options.get("request_id")
-    ctx = states.Context(device=device, request_id=rid if isinstance(rid, str) else None)
+    if not isinstance(rid, str):
+        rid = request_id_of(payload.encode()) if payload else None
+    ctx = states.Context(device=device, request_id=rid)
     http = make_http(config.cloud, 4)
     try:
         data = decode_payload(payload.encode(), config.bridge.max_payload_bytes) if payload else {}
@@ -135,6 +137,8 @@ async def _capture_once(
             data.pop(FIELDS.get(key, key), None)
             data[key] = value
         command = parse_command(data, limits_of(config))
+        # The same state as over MQTT for an unknown device: it echoes the validated request.
+        ctx = states.Context(device, None, command.request_id, command.api_params())
         guid = resolve_device(device, devices, config.bridge.guid_topic_ids)
         ctx = states.Context(device, guid, command.request_id, command.api_params())
         reply = await CloudClient(http, config.cloud).capture(guid, command.api_params())

@@ -200,6 +200,7 @@ class MqttAdapter:
         self._connected_at = 0.0
         self._drop_reason: str | None = None
         self._taken_over = False
+        self._drop_lost = False  # the last drop was a lost connection, not a DISCONNECT from the broker
         self._short_drops = 0
         self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> filter, until its SUBACK
         self._sub_delay: dict[str, float] = {}
@@ -512,6 +513,7 @@ class MqttAdapter:
         if was_connected and not self._stopping:
             self._drop_reason = disconnect_reason(flags, reason)
             self._taken_over = getattr(reason, "value", None) == SESSION_TAKEN_OVER
+            self._drop_lost = not getattr(flags, "is_disconnect_packet_from_server", False)
             self._last_error = f"disconnected from the broker: {self._drop_reason}"
         if self._on_disconnected is not None:
             try:
@@ -549,6 +551,12 @@ class MqttAdapter:
             if device is None:
                 if topic == topics.command_topic(self._base, ""):
                     log.warning("ignored a command on %s: the device id is empty", topic)
+                return
+            if not message.payload:
+                # How a retained command is cleared (`mosquitto_pub -r -n`); 3.1.1 delivers the clearing
+                # as a live empty message. It is no command, and must not overwrite the last real state.
+                log.debug("ignored an empty message on %s (the clearing of a retained command)", topic,
+                          extra={"device": device})
                 return
             if message.retain:
                 # A retained command is stale: a restart must not fire old captures.
@@ -784,13 +792,14 @@ class MqttAdapter:
         return False
 
     def _was_taken_over(self, delay: float) -> bool:
-        # MQTT 5 says so (0x8E). On 3.1.1 the broker just closes the socket: two drops in a row,
-        # each soon after a successful connect, are the same sign.
+        # MQTT 5 may say so (0x8E). On 3.1.1, and with brokers that do not send the reason (Mosquitto
+        # 2.0 just closes the socket), two lost connections in a row, each soon after a successful
+        # connect, are the same sign.
         if self._taken_over:
             return True
         lived = time.monotonic() - self._connected_at
         # "Soon": before the other instance's backoff would have brought it back (it grows like ours).
-        if not self._v5 and self._drop_reason is not None and lived < max(5.0, 2.5 * delay):
+        if self._drop_lost and lived < max(5.0, 2.5 * delay):
             self._short_drops += 1
         else:
             self._short_drops = 0
@@ -809,7 +818,7 @@ class MqttAdapter:
             self._refused = self._refused_code = None
             self._peer = None
             self._drop_reason = None
-            self._taken_over = False
+            self._taken_over = self._drop_lost = False
             accepted = self.connect_count
             pause = jittered(delay)
             try:
@@ -826,12 +835,14 @@ class MqttAdapter:
                     if self._was_taken_over(delay):
                         if not taken_over_said:
                             taken_over_said = True
-                            log.error("another client connected with client_id %r and took over the session "
-                                      "(%s): every bridge instance needs its own mqtt.client_id, or set the same "
-                                      "mqtt.shared_group on all of them; next try in %.1fs",
-                                      cfg.client_id, self._drop_reason, pause)
+                            what = ("the broker says another client connected with client_id %r and took over "
+                                    "the session" if self._taken_over else
+                                    "the broker closed the connection right after connecting, twice in a row: "
+                                    "most likely another client with client_id %r took over the session")
+                            log.error(what + "; every bridge instance needs its own mqtt.client_id, or set the "
+                                      "same mqtt.shared_group on all of them; next try in %.1fs", cfg.client_id, pause)
                         else:
-                            log.warning("session taken over again by another client_id %r; next try in %.1fs",
+                            log.warning("session taken over again (client_id %r); next try in %.1fs",
                                         cfg.client_id, pause)
                         # Keep backing off: resetting would fight the other instance once a second forever.
                     else:

@@ -395,6 +395,7 @@ class CaptureService:
             self._publisher.publish_state(
                 command.device,
                 known.state,
+                retain=states.retained(known.state),
                 response_topic=command.response_topic,
                 correlation=command.correlation,
             )
@@ -496,6 +497,7 @@ class CaptureService:
             self._publisher.publish_state(
                 job.command.device,
                 payload,
+                retain=states.retained(state),
                 response_topic=job.command.response_topic if final else None,
                 correlation=job.command.correlation,
                 on_acked=(lambda: self._state_acked(journal_id)) if journal_id is not None else None,

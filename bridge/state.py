@@ -102,3 +102,20 @@ def encode(state: dict[str, Any]) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return json.dumps(state, separators=(",", ":")).encode()
+
+
+# States of commands that named no real device: published not retained, so a mistyped id
+# leaves nothing behind on the broker.
+_DEVICELESS = (ErrorCode.UNKNOWN_DEVICE.value, ErrorCode.NO_SUCH_DEVICE.value)
+
+
+def retained(state: dict[str, Any] | bytes) -> bool:
+    """Whether a state is published retained: only for a command that named a real device."""
+    if isinstance(state, bytes):
+        try:
+            state = json.loads(state)
+        except ValueError:
+            return True
+        if not isinstance(state, dict):
+            return True
+    return state.get("asset_guid") is not None and state.get("error") not in _DEVICELESS

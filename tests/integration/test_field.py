@@ -10,6 +10,7 @@ import json
 import shutil
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -251,3 +252,100 @@ def test_a_silent_port_is_named_within_the_connect_timeout(
             line = log_lines(bridge, "received nothing")[0]
         assert f"127.0.0.1:{port}" in line
         assert " ERROR " in line
+
+
+# --- 3. clearing a retained command (zero-length payload) is no command ---------------------------
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_clearing_a_retained_command_leaves_the_last_state_alone(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, broker: Broker, protocol: str
+) -> None:
+    bridge = start_bridge({"mqtt": {"protocol": protocol}}, args=("--log-level", "DEBUG"))
+    state_topic = f"{base_topic}/truck-12/capture/state"
+    ok = send(probe, base_topic, "truck-12", {"request_id": "real"})
+    assert ok["status"] == "ok"
+    # The usual way to clear a retained message, with the real client.
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-t",
+                    f"{base_topic}/truck-12/capture/set", "-r", "-n", "-q", "1"], check=True, timeout=10)
+    # A command after it, through the same subscription, is a barrier: its state comes after any
+    # state the empty message would have caused.
+    assert send(probe, base_topic, "van-3", {})["status"] == "error"
+    assert [m.json()["request_id"] for m in probe.on_topic(state_topic)] == ["real"]
+    bridge.wait_log("ignored an empty message", timeout=5)
+    assert " DEBUG " in log_lines(bridge, "ignored an empty message")[0]
+    late = Probe(broker.port)
+    try:
+        late.subscribe(state_topic)
+        assert late.wait_for(lambda m: m.topic == state_topic)[0].json()["request_id"] == "real"
+    finally:
+        late.close()
+
+
+# --- 4. states of commands that named no real device are not retained -----------------------------
+
+
+def test_unknown_device_states_are_not_retained(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, broker: Broker
+) -> None:
+    start_bridge()
+    typo = send(probe, base_topic, "truck-1Z", {"request_id": "typo"})
+    assert typo["error"] == "unknown_device"
+    guid_typo = send(probe, base_topic, GUIDS[Behaviour.UNKNOWN], {})
+    assert guid_typo["error"] == "no_such_device"
+    assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
+    late = Probe(broker.port)
+    try:
+        late.subscribe(f"{base_topic}/+/capture/state")
+        # Retained messages come right after the SUBACK, together: truck-12's proves they were sent.
+        late.wait_for(lambda m: m.topic == f"{base_topic}/truck-12/capture/state")
+        assert {m.topic for m in late.messages} == {f"{base_topic}/truck-12/capture/state"}
+    finally:
+        late.close()
+
+
+def test_capture_cli_and_mqtt_agree_on_an_unknown_device(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, tmp_path: Path
+) -> None:
+    start_bridge()
+    command = {"type": "photo", "count": 2, "request_id": "same"}
+    over_mqtt = send(probe, base_topic, "truck-1Z", command)
+    config = tmp_path / "cli.yaml"
+    config.write_text(json.dumps({"cloud": {"base_url": cloud.url, "token": "t-123456"}}))
+    result = subprocess.run([sys.executable, "-m", "bridge", "capture", "truck-1Z", "--config", str(config),
+                             "--payload", json.dumps(command)], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 1, result.stderr
+    from_cli = json.loads(result.stdout)
+    for state in (over_mqtt, from_cli):
+        state.pop("timestamp")
+    assert from_cli == over_mqtt
+
+
+# --- 5. two instances with one client_id -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_two_bridges_with_one_client_id_get_one_error_and_back_off(
+    start_bridge: StartBridge, base_topic: str, protocol: str
+) -> None:
+    shared = {"mqtt": {"client_id": f"same-{base_topic}", "protocol": protocol,
+                       "reconnect_min": 0.5, "reconnect_max": 4.0}}
+    first = start_bridge(shared)
+    second = start_bridge(shared, wait_online=False)
+    bridges = (first, second)
+    needle = "took over the session"
+    poll(lambda: all(log_lines(b, needle) for b in bridges), timeout=20,
+         what=lambda: "both bridges name the take-over:\n" + "\n".join(b.log_text()[-1500:] for b in bridges))
+    watch_from = time.monotonic()
+    counts = [len(log_lines(b, "connected to")) for b in bridges]
+    time.sleep(8)  # ok: observing a fixed window for how often they reconnect
+    for bridge, before in zip(bridges, counts, strict=True):
+        errors = [line for line in bridge.log_text().splitlines() if " ERROR " in line]
+        assert len(errors) == 1, errors  # one ERROR, not one per reconnect
+        assert f"client_id 'same-{base_topic}'" in errors[0]
+        assert "mqtt.shared_group" in errors[0]
+        assert "own mqtt.client_id" in errors[0]
+        # Backing off toward reconnect_max (4 s): a handful of reconnects, not one a second.
+        assert len(log_lines(bridge, "connected to")) - before <= 5, bridge.log_text()[-3000:]
+    assert time.monotonic() - watch_from >= 8
