@@ -17,12 +17,12 @@ from bridge.command import Limits
 from bridge.companion import Companion
 from bridge.config import CloudConfig, Config
 from bridge.errors import BridgeError, ConfigError, ErrorCode
-from bridge.http import HttpClient
 from bridge.journal import Journal, JournalError
 from bridge.metrics import Health, Metrics, MetricsServer
 from bridge.mqtt import MqttAdapter
 from bridge.service import CaptureService, Command, StatePublisher
 from bridge.settings import SettingsStore
+from bridge.transport import AiohttpTransport
 
 log = logging.getLogger("bridge")
 
@@ -69,15 +69,16 @@ def cloud_ssl_context(config: CloudConfig) -> ssl.SSLContext | None:
     return context
 
 
-def make_http(config: CloudConfig, max_connections: int) -> HttpClient:
+def make_http(config: CloudConfig, max_connections: int) -> AiohttpTransport:
     """The HTTP transport to the cloud, pooled to match the in-flight limit."""
-    return HttpClient(
+    return AiohttpTransport(
         config.base_url,
         max_connections=max_connections,
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         ssl_context=cloud_ssl_context(config),
         user_agent=f"capture-bridge/{__version__}",
+        keepalive_timeout=config.keepalive_timeout,
     )
 
 
@@ -200,6 +201,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
     devices = {name: entry.guid for name, entry in config.devices.items()}
 
     metrics = Metrics()
+    metrics.watch_transport(lambda: http.dns_lookups, lambda: http.connections_opened)
     cloud_status = "not checked yet"
     base = config.mqtt.base_topic
     store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
@@ -369,6 +371,8 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         service.flush()
+        log.info("cloud transport: %d connection(s) opened, %d DNS lookup(s)", http.connections_opened,
+                 http.dns_lookups)
         await http.aclose()
         if server is not None:
             server.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
@@ -166,10 +167,25 @@ def check_config(config_path: str | None) -> None:
               help="Answer ok for every GUID (default: only the demo devices; others get 106).")
 @click.option("--token", default=None, help="A fixed FTokenID the mock accepts (with --strict).")
 @click.option("--strict", is_flag=True, help="Only user demo / demo-password and issued tokens (default: any).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+              help="Serve HTTPS with this certificate (PEM; may hold the key too).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="Private key for --tls-cert (PEM).")
+@click.option("--idle-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds before an idle keep-alive connection is closed, as a real server does.")
 def mock_cloud(host: str, port: int, latency: float, default_behaviour: str | None, token: str | None,
-               strict: bool) -> None:
+               strict: bool, tls_cert: str | None, tls_key: str | None, idle_timeout: float) -> None:
     """Run a local simulator of the cloud API (login + Instruction)."""
     from bridge.mockcloud import run_mock_cloud
 
+    if tls_key is not None and tls_cert is None:
+        _fail("--tls-key needs --tls-cert")
     raise_fd_limit(65536)  # one socket per simulated in-flight call
-    run_mock_cloud(host, port, latency, default_behaviour or "unknown", token, strict)
+    try:
+        run_mock_cloud(host, port, latency, default_behaviour or "unknown", token, strict,
+                       tls_cert=tls_cert, tls_key=tls_key, idle_timeout=idle_timeout)
+    except ssl.SSLError as exc:
+        _fail(f"cannot use --tls-cert/--tls-key: {exc.reason or exc}")
+    except OSError as exc:
+        if tls_cert is not None and exc.filename in (tls_cert, tls_key):
+            _fail(f"cannot read --tls-cert/--tls-key {exc.filename}: {exc.strerror}")
+        _fail(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror or exc}", 1)

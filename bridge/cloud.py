@@ -1,10 +1,17 @@
 """The vendor cloud: request bodies and reply parsing (pure), and `CloudClient`.
 
 `CloudClient` owns the token: it logs in when it has none, shares one re-login
-among every call that met a 104 at the same time, retries transient failures
-with exponential backoff and jitter inside a deadline, and maps every failure
-to a `CloudError` carrying one of the names in `ErrorCode`. It speaks to the
-network only through a `Transport` (see `bridge.http`).
+among every call that met a 104 at the same time, and maps every failure to a
+`CloudError` carrying one of the names in `ErrorCode`. It speaks to the network
+only through a `Transport` (see `bridge.transport`).
+
+Retries never fire a capture twice. An Instruction is sent again only when it
+certainly did not reach the cloud (name resolution, refused connection, TLS
+handshake, a pooled connection found closed before the request was written) or
+when the cloud answered 503 or 429 (waiting its Retry-After). After any byte of
+it went out (reset, closed without a reply, read timeout, HTTP 500/502/504,
+Result 138) it is never repeated, and the error says the cloud may have it.
+Login, which fires nothing, is retried on any transient failure.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from typing import Any, Protocol
 
 from bridge.config import CloudConfig
 from bridge.errors import RESULT_ERRORS, CloudError, ErrorCode
-from bridge.http import HttpError, HttpReply
 from bridge.logs import redact
+from bridge.transport import HttpReply, TransportError
 
 log = logging.getLogger("bridge.cloud")
 
@@ -33,6 +40,9 @@ INSTRUCTION_PATH = "/Instruction"
 RESULT_OK = 200
 RESULT_TOKEN = 104
 RESULT_DEVICE_TIMEOUT = 138
+# The two answers that mean "not processed, try later": the request did not act on anything.
+RETRY_LATER_STATUSES = frozenset({429, 503})
+OUTCOME_UNKNOWN = "the cloud may have received it"
 DEVICE_DONE, DEVICE_BUSY = 0, 1
 # An integer as the cloud writes one: ASCII digits only (str.isdigit also admits "²", which int() refuses).
 _INT_RE = re.compile(r"-?[0-9]{1,18}")
@@ -182,24 +192,36 @@ def parse_instruction_reply(body: bytes) -> InstructionReply:
 # --- the client -------------------------------------------------------------
 
 
-def _transport_error(exc: HttpError) -> CloudError:
-    # A request that never left, or a reset connection, is safe to try again;
-    # a timeout after sending may have reached the device.
-    return CloudError(
-        ErrorCode.CLOUD_UNREACHABLE,
-        f"cloud unreachable: {exc.message}",
-        retryable=exc.retryable,
-        sent=exc.sent,
-    )
+def _transport_error(exc: TransportError) -> CloudError:
+    code = ErrorCode.BAD_CLOUD_REPLY if exc.bad_reply else ErrorCode.CLOUD_UNREACHABLE
+    prefix = "bad cloud reply" if exc.bad_reply else "cloud unreachable"
+    return CloudError(code, f"{prefix}: {exc.message}", retryable=exc.retryable, sent=exc.sent)
 
 
 def _check_status(reply: HttpReply) -> None:
-    if not 200 <= reply.status < 300:
-        raise CloudError(
-            ErrorCode.CLOUD_UNREACHABLE,
-            f"cloud answered HTTP {reply.status}" + (" (check cloud.base_url)" if reply.status == 404 else ""),
-            retryable=reply.status >= 500 or reply.status == 429,
-        )
+    if 200 <= reply.status < 300:
+        return
+    if reply.status in RETRY_LATER_STATUSES:
+        # "Not now": the server did not act on the request, so even an Instruction may be sent again.
+        raise CloudError(ErrorCode.CLOUD_UNREACHABLE, f"cloud answered HTTP {reply.status}",
+                         retryable=True, sent=False, retry_after=reply.retry_after)
+    # A 5xx from a gateway or the cloud itself may come after the cloud acted on the request;
+    # a 4xx is a refusal (never retried either).
+    hint = " (check cloud.base_url)" if reply.status == 404 else ""
+    raise CloudError(ErrorCode.CLOUD_UNREACHABLE, f"cloud answered HTTP {reply.status}{hint}",
+                     retryable=reply.status >= 500, sent=reply.status >= 500)
+
+
+def may_resend_instruction(exc: CloudError) -> bool:
+    """Whether an Instruction that failed with `exc` may be sent again: only if it certainly did not act."""
+    return exc.retryable and not exc.sent and exc.result != RESULT_DEVICE_TIMEOUT
+
+
+def outcome_unknown(exc: CloudError) -> bool:
+    """Whether the failed Instruction may still have reached the device."""
+    if exc.result == RESULT_DEVICE_TIMEOUT:
+        return True
+    return exc.sent and exc.result is None and exc.code in (ErrorCode.CLOUD_UNREACHABLE, ErrorCode.BAD_CLOUD_REPLY)
 
 
 class CloudClient:
@@ -236,7 +258,7 @@ class CloudClient:
     async def _post(self, path: str, body: bytes) -> HttpReply:
         try:
             reply = await self._transport.post_json(path, body)
-        except HttpError as exc:
+        except TransportError as exc:
             raise _transport_error(exc) from None
         _check_status(reply)
         return reply
@@ -246,11 +268,37 @@ class CloudClient:
         assert self._config.password is not None
         self.login_count += 1
         body = login_body(self._config.username, self._config.password.get_secret_value())
-        reply = await self._post(LOGIN_PATH, body)
+        try:
+            reply = await self._login_with_retries(body)
+        except CloudError as exc:
+            # A failed login sent no Instruction: the capture that waited for it may still go out.
+            exc.sent = False
+            raise
         token = parse_login_reply(reply.body)
         redact.add(token)
         log.info("cloud login ok as %s", self._config.username)
         return token
+
+    async def _login_with_retries(self, body: bytes) -> HttpReply:
+        # Logging in fires nothing, so any transient failure is worth another try, even after sending.
+        deadline = self._clock() + self._config.retry_deadline
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await self._post(LOGIN_PATH, body)
+            except CloudError as exc:
+                delay = self._delay(tries, exc)
+                if not exc.retryable or tries >= self._config.retry_attempts or self._clock() + delay >= deadline:
+                    raise
+                log.warning("login failed (%s), try %d again in %.2fs", exc.message, tries + 1, delay)
+                await self._sleep(delay)
+
+    def _delay(self, tries: int, exc: CloudError) -> float:
+        backoff = min(self._config.retry_backoff_max, self._config.retry_backoff * 2.0 ** (tries - 1))
+        backoff *= 0.5 + self._jitter() / 2
+        # The server said when to come back: honour it (the deadline caps it).
+        return max(backoff, exc.retry_after) if exc.retry_after is not None else backoff
 
     async def fresh_token(self, stale: str | None) -> str:
         """Log in, unless another call already replaced `stale`; concurrent callers share one login."""
@@ -285,11 +333,6 @@ class CloudClient:
                 token = await self.fresh_token(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _retryable(self, exc: CloudError) -> bool:
-        if exc.result == RESULT_DEVICE_TIMEOUT:
-            return self._config.retry_device_timeout
-        return exc.retryable
-
     async def capture(self, guid: str, params: dict[str, Any]) -> InstructionReply:
         """Send ActiveNewPhotograph to one asset; return the 200 reply or raise CloudError."""
         deadline = self._clock() + self._config.retry_deadline
@@ -299,17 +342,17 @@ class CloudClient:
             try:
                 reply = await self._attempt(guid, params)
             except CloudError as exc:
-                delay = min(
-                    self._config.retry_backoff_max, self._config.retry_backoff * 2 ** (tries - 1)
-                ) * (0.5 + self._jitter() / 2)
+                delay = self._delay(tries, exc)
                 if (
-                    not self._retryable(exc)
+                    not may_resend_instruction(exc)
                     or tries >= self._config.retry_attempts
                     or self._clock() + delay >= deadline
                 ):
+                    if outcome_unknown(exc):
+                        exc.message = f"{exc.message}; {OUTCOME_UNKNOWN}"
                     if tries > 1:
                         exc.message = f"{exc.message} (after {tries} tries)"
-                        exc.args = (exc.message,)
+                    exc.args = (exc.message,)
                     raise
                 log.warning("cloud call for %s failed (%s), try %d again in %.2fs", guid, exc.message, tries + 1, delay)
                 await self._sleep(delay)

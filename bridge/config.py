@@ -202,13 +202,20 @@ class CloudConfig(_Section):
     ca_file: Path | None = None
     time_difference: int = 28800
     language: str = "1"
-    # Retries of transient failures (refused, reset, 5xx, 429, timeout before sending).
+    # Idle pooled connections are closed after this: below the idle limits of NATs and load balancers.
+    keepalive_timeout: float = Field(default=15.0, gt=0)
+    # Tries of a call that certainly did not reach the cloud, or met 503/429 (see bridge/cloud.py).
     retry_attempts: int = Field(default=3, ge=1, le=20)
     retry_backoff: float = Field(default=0.5, ge=0)
     retry_backoff_max: float = Field(default=5.0, ge=0)
     retry_deadline: float = Field(default=45.0, gt=0)
-    # 138 means the instruction reached the device: retrying could fire the camera twice.
-    retry_device_timeout: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "retry_device_timeout" in data:
+            raise ValueError("retry_device_timeout was removed: a device timeout (138) is never sent again")
+        return data
 
     @field_validator("base_url")
     @classmethod

@@ -85,13 +85,16 @@ class CloudError(BridgeError):
         result: int | None = None,
         retryable: bool = False,
         sent: bool = True,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, result=result)
         self.code = code
-        # retryable: a transient failure (refused, reset, 5xx, 429, timeout before sending).
+        # retryable: a transient failure (refused, reset, timeout, 5xx, 429).
         self.retryable = retryable
-        # sent: the request may have reached the cloud (a retry could fire the camera twice).
+        # sent: the Instruction may have reached the cloud; it is then never sent again.
         self.sent = sent
+        # retry_after: seconds the cloud asked us to wait (Retry-After on a 503 or 429).
+        self.retry_after = retry_after
 
 
 class ConfigError(Exception):

@@ -133,6 +133,16 @@ class Metrics:
         """Whether the MQTT connection is up."""
         self._connected.set(1 if connected else 0)
 
+    def watch_transport(self, dns_lookups: Callable[[], float], connections: Callable[[], float]) -> None:
+        """Expose the cloud transport's own counters, read at scrape time."""
+        # Read by the scrape thread: two ints the event loop bumps, no lock needed for a monotonic read.
+        dns = Gauge("capture_bridge_cloud_dns_lookups", "DNS lookups of the cloud's host name since start.",
+                    registry=self.registry)
+        dns.set_function(dns_lookups)
+        opened = Gauge("capture_bridge_cloud_connections_opened",
+                       "Connections opened to the cloud since start.", registry=self.registry)
+        opened.set_function(connections)
+
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)

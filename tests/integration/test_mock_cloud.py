@@ -517,7 +517,7 @@ def test_split_request_is_reassembled(cloud: MockCloud) -> None:
     assert b'"ins send ok"' in body
 
 
-def test_chunked_body_is_rejected_with_400(cloud: MockCloud) -> None:
+def test_chunked_body_is_read_like_any_other(cloud: MockCloud) -> None:
     request = (
         b"POST /OpenApi/Instruction HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"2\r\n{}\r\n0\r\n\r\n"
@@ -525,10 +525,11 @@ def test_chunked_body_is_rejected_with_400(cloud: MockCloud) -> None:
 
     with socket.create_connection((cloud.host, cloud.port), timeout=HTTP_TIMEOUT) as sock:
         sock.sendall(request)
-        status, headers, _ = read_response(sock.makefile("rb"))
+        status, _, body = read_response(sock.makefile("rb"))
 
-    assert status == 400
-    assert headers["connection"] == "close"
+    assert status == 200
+    assert json.loads(body)["Message"] == "FTokenID is required"
+    assert cloud.instruction_count == 1
 
 
 def test_unknown_path_is_404(cloud: MockCloud) -> None:
