@@ -271,8 +271,9 @@ class CloudClient:
         try:
             reply = await self._login_with_retries(body)
         except CloudError as exc:
-            # A failed login sent no Instruction: the capture that waited for it may still go out.
+            # It sent no Instruction, and it had its own tries: the capture does not try it again.
             exc.sent = False
+            exc.retryable = False
             raise
         token = parse_login_reply(reply.body)
         redact.add(token)
@@ -290,6 +291,9 @@ class CloudClient:
             except CloudError as exc:
                 delay = self._delay(tries, exc)
                 if not exc.retryable or tries >= self._config.retry_attempts or self._clock() + delay >= deadline:
+                    if tries > 1:
+                        exc.message = f"{exc.message} (after {tries} tries)"
+                        exc.args = (exc.message,)
                     raise
                 log.warning("login failed (%s), try %d again in %.2fs", exc.message, tries + 1, delay)
                 await self._sleep(delay)

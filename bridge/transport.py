@@ -133,7 +133,8 @@ def _map_error(exc: BaseException, sent: bool, read_timeout: float, connect_time
         return TransportError(f"the proxy refused the tunnel: HTTP {exc.status}", sent=False,
                               retryable=exc.status >= 500)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return TransportError(f"cannot connect: {_reason(exc.os_error)}", sent=False)
+        reason = "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else _reason(exc.os_error)
+        return TransportError(f"cannot connect to {exc.host}:{exc.port}: {reason}", sent=False)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return TransportError(f"connect timeout after {connect_timeout:g} s", sent=False)
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):

@@ -40,6 +40,9 @@ def cloud(cloud_server: MockCloud) -> Iterator[MockCloud]:
     cloud_server.fault = Fault.NONE
     cloud_server.fault_count = None
     cloud_server.fault_login = False
+    cloud_server.device_faults = {}
+    cloud_server.retry_after = 1.0
+    cloud_server.slow_delay = 5.0
     cloud_server.latency = 0.0
     cloud_server.devices = {guid: b for b, guid in GUIDS.items()}
     cloud_server.default_behaviour = Behaviour.UNKNOWN

@@ -13,7 +13,7 @@ import pytest
 from bridge.cloud import INSTRUCTION_PATH, LOGIN_PATH, CloudClient, InstructionReply, md5_hex
 from bridge.config import CloudConfig
 from bridge.errors import CloudError, ErrorCode
-from bridge.http import HttpError, HttpReply
+from bridge.transport import HttpReply, TransportError
 
 T = TypeVar("T")
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
@@ -22,7 +22,7 @@ PASSWORD = "demo-Pa55word"
 RESPONSE = "(804250900200,1,001,CAMERA,9,4,0,700160818000_1769373855)"
 
 # A step of a script: a reply, a transport failure, or a function of the request body.
-Step = HttpReply | HttpError | Callable[[dict[str, Any]], HttpReply]
+Step = HttpReply | TransportError | Callable[[dict[str, Any]], HttpReply]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -62,7 +62,7 @@ class FakeTransport:
         await asyncio.sleep(0)  # let concurrent callers interleave, as a real network would
         script = self.login if path == LOGIN_PATH else self.instruction
         step = script.pop(0) if len(script) > 1 else script[0]
-        if isinstance(step, HttpError):
+        if isinstance(step, TransportError):
             raise step
         if callable(step):
             return step(data)
@@ -271,7 +271,7 @@ def test_failed_login_is_tried_again_by_the_next_call() -> None:
 
 
 def test_transport_errors_are_retried_with_growing_backoff() -> None:
-    refused = HttpError("connection refused", sent=False)
+    refused = TransportError("connection refused", sent=False)
     transport = FakeTransport(instruction=[refused])
     time = FakeTime()
     cfg = config(token="t", retry_attempts=4, retry_backoff=0.5, retry_backoff_max=5.0)
@@ -286,7 +286,7 @@ def test_transport_errors_are_retried_with_growing_backoff() -> None:
 
 
 def test_backoff_is_capped_and_jittered() -> None:
-    transport = FakeTransport(instruction=[HttpError("reset", sent=False)])
+    transport = FakeTransport(instruction=[TransportError("reset", sent=False)])
     time = FakeTime()
     cfg = config(token="t", retry_attempts=5, retry_backoff=1.0, retry_backoff_max=3.0, retry_deadline=1000)
     c = client(transport, cfg, time, jitter=0.0)
@@ -297,7 +297,7 @@ def test_backoff_is_capped_and_jittered() -> None:
 
 
 def test_transport_error_then_success() -> None:
-    transport = FakeTransport(instruction=[HttpError("connection refused", sent=False), ok_reply()])
+    transport = FakeTransport(instruction=[TransportError("connection refused", sent=False), ok_reply()])
     time = FakeTime()
     got = run(client(transport, config(token="t"), time).capture(GUID, PARAMS))
     assert got.tries == 2
@@ -307,19 +307,48 @@ def test_transport_error_then_success() -> None:
 
 
 def test_single_attempt_message_has_no_try_count() -> None:
-    transport = FakeTransport(instruction=[HttpError("connection refused", sent=False)])
+    transport = FakeTransport(instruction=[TransportError("connection refused", sent=False)])
     exc = capture_error(transport, config(token="t", retry_attempts=1))
     assert "tries" not in exc.message
     assert len(transport.calls) == 1
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
-def test_retryable_http_status(status: int) -> None:
+@pytest.mark.parametrize("status", [503, 429])
+def test_not_now_statuses_are_retried(status: int) -> None:
     transport = FakeTransport(instruction=[HttpReply(status, b"busy"), ok_reply()])
     time = FakeTime()
     got = run(client(transport, config(token="t"), time).capture(GUID, PARAMS))
     assert got.tries == 2
+    assert got.message == "ins send ok (after 2 tries)"
     assert len(transport.calls) == 2
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_server_errors_after_sending_are_never_retried(status: int) -> None:
+    transport = FakeTransport(instruction=[HttpReply(status, b"oops"), ok_reply()])
+    time = FakeTime()
+    exc = capture_error(transport, config(token="t"), time)
+    assert exc.code is ErrorCode.CLOUD_UNREACHABLE
+    assert exc.message == f"cloud answered HTTP {status}; the cloud may have received it"
+    assert len(transport.calls) == 1
+    assert time.delays == []
+
+
+def test_retry_after_is_honoured() -> None:
+    transport = FakeTransport(instruction=[HttpReply(503, b"", retry_after=7.0), ok_reply()])
+    time = FakeTime()
+    got = run(client(transport, config(token="t"), time).capture(GUID, PARAMS))
+    assert got.tries == 2
+    assert time.delays == [7.0]
+
+
+def test_retry_after_past_the_deadline_ends_the_command() -> None:
+    transport = FakeTransport(instruction=[HttpReply(429, b"", retry_after=120.0), ok_reply()])
+    time = FakeTime()
+    exc = capture_error(transport, config(token="t", retry_deadline=45.0), time)
+    assert exc.message == "cloud answered HTTP 429"
+    assert len(transport.calls) == 1
+    assert time.delays == []
 
 
 @pytest.mark.parametrize("status", [503, 429])
@@ -350,28 +379,28 @@ def test_http_error_on_login_is_cloud_unreachable() -> None:
     assert transport.paths() == [LOGIN_PATH, LOGIN_PATH]
 
 
-def test_device_timeout_is_not_retried_by_default() -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [HttpReply(500, b""), HttpReply(502, b""), TransportError("connection reset", sent=True),
+     TransportError("no reply within 20 s", sent=True)],
+)
+def test_login_is_retried_even_after_sending(failure: HttpReply | TransportError) -> None:
+    # Logging in fires no camera: any transient failure may be tried again.
+    transport = FakeTransport(login=[failure, login_ok("tok-2")])
+    got = run(client(transport, config(), FakeTime()).capture(GUID, PARAMS))
+    assert got.tries == 1
+    assert transport.paths() == [LOGIN_PATH, LOGIN_PATH, INSTRUCTION_PATH]
+
+
+def test_device_timeout_is_never_retried() -> None:
     transport = FakeTransport(instruction=[result(138), ok_reply()])
     time = FakeTime()
-    exc = capture_error(transport, config(token="t"), time)
+    exc = capture_error(transport, config(token="t", retry_attempts=5), time)
     assert exc.code is ErrorCode.DEVICE_TIMEOUT
     assert exc.result == 138
+    assert exc.message == "error 138 (Result 138); the cloud may have received it"
     assert len(transport.calls) == 1
     assert time.delays == []
-
-
-def test_device_timeout_is_retried_when_configured() -> None:
-    transport = FakeTransport(instruction=[result(138), ok_reply()])
-    got = run(client(transport, config(token="t", retry_device_timeout=True), FakeTime()).capture(GUID, PARAMS))
-    assert got.tries == 2
-    assert len(transport.calls) == 2
-
-
-def test_device_timeout_retried_gives_up_with_count() -> None:
-    transport = FakeTransport(instruction=[result(138)])
-    exc = capture_error(transport, config(token="t", retry_device_timeout=True, retry_attempts=2))
-    assert exc.code is ErrorCode.DEVICE_TIMEOUT
-    assert "(after 2 tries)" in exc.message
 
 
 @pytest.mark.parametrize(
@@ -402,7 +431,7 @@ def test_bad_reply_is_not_retried() -> None:
 
 
 def test_deadline_stops_retries() -> None:
-    transport = FakeTransport(instruction=[HttpError("connection refused", sent=False)])
+    transport = FakeTransport(instruction=[TransportError("connection refused", sent=False)])
     time = FakeTime()
     cfg = config(token="t", retry_attempts=10, retry_backoff=0.5, retry_backoff_max=5.0, retry_deadline=1.0)
     exc = capture_error(transport, cfg, time)
@@ -427,23 +456,37 @@ def test_deadline_counts_time_spent_in_calls() -> None:
     assert time.now - 1000.0 < 25.0 + 10.0 + 1.0
 
 
-def test_timeout_after_sending_is_not_retried() -> None:
-    timeout = HttpError("read timeout after 20.0 s", sent=True, retryable=False)
-    transport = FakeTransport(instruction=[timeout, ok_reply()])
+@pytest.mark.parametrize(
+    "failure",
+    [TransportError("no reply within 20 s", sent=True), TransportError("connection reset", sent=True),
+     TransportError("server closed the connection without a reply", sent=True)],
+)
+def test_transport_failure_after_sending_is_never_retried(failure: TransportError) -> None:
+    transport = FakeTransport(instruction=[failure, ok_reply()])
     time = FakeTime()
-    exc = capture_error(transport, config(token="t"), time)
+    exc = capture_error(transport, config(token="t", retry_attempts=5), time)
     assert exc.code is ErrorCode.CLOUD_UNREACHABLE
     assert exc.sent is True
-    assert exc.retryable is False
-    assert "read timeout" in exc.message
+    assert exc.message == f"cloud unreachable: {failure.message}; the cloud may have received it"
     assert len(transport.calls) == 1
     assert time.delays == []
 
 
-def test_reset_after_sending_that_is_retryable_is_retried() -> None:
-    transport = FakeTransport(instruction=[HttpError("connection reset", sent=True, retryable=True), ok_reply()])
+def test_malformed_reply_is_bad_cloud_reply_and_not_retried() -> None:
+    bad = TransportError("malformed HTTP reply: bad Content-Length", sent=True, retryable=False, bad_reply=True)
+    transport = FakeTransport(instruction=[bad, ok_reply()])
+    exc = capture_error(transport, config(token="t"))
+    assert exc.code is ErrorCode.BAD_CLOUD_REPLY
+    assert "may have received it" in exc.message
+    assert len(transport.calls) == 1
+
+
+def test_failure_not_sent_after_a_503_still_counts_tries() -> None:
+    transport = FakeTransport(instruction=[HttpReply(503, b""), TransportError("connection refused", sent=False),
+                                           ok_reply()])
     got = run(client(transport, config(token="t"), FakeTime()).capture(GUID, PARAMS))
-    assert got.tries == 2
+    assert got.tries == 3
+    assert len(transport.calls) == 3
 
 
 def test_secrets_never_in_error_messages() -> None:

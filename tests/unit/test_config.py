@@ -58,7 +58,7 @@ def test_defaults_with_only_a_token(tmp_path: Path) -> None:
     assert config.cloud.token.get_secret_value() == "fixed-token-abc"
     assert config.cloud.username is None
     assert config.cloud.password is None
-    assert config.cloud.retry_device_timeout is False
+    assert config.cloud.keepalive_timeout == 15.0
     assert config.devices == {}
     assert config.bridge.guid_topic_ids is True
     assert (config.bridge.max_count, config.bridge.max_duration, config.bridge.max_interval) == (100, 600, 3600)
@@ -213,6 +213,13 @@ def test_unknown_key_in_file(tmp_path: Path, text: str, named: str) -> None:
     message = config_error(tmp_path, text)
     assert message.startswith(named), message
     assert "unknown key" in message
+
+
+def test_removed_retry_device_timeout_is_one_line_naming_it(tmp_path: Path) -> None:
+    # A device timeout (138) is never sent again; a config still asking for it must say so.
+    message = config_error(tmp_path, "cloud:\n  token: t\n  retry_device_timeout: true\n")
+    assert "\n" not in message
+    assert "retry_device_timeout was removed" in message
 
 
 @pytest.mark.parametrize("url", ["http://broker:1883", "ws://broker", "broker:1883", "mqtt://", "mqtt://host:99999"])
