@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--latency", type=float, default=0.0)
     p.add_argument("--times", required=True)
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     args = p.parse_args(argv)
-    cloud = TapCloud(host=args.host, port=args.port, latency=args.latency, default_behaviour="ok", record=False)
+    cloud = TapCloud(host=args.host, port=args.port, latency=args.latency, default_behaviour="ok", record=False,
+                     tls_cert=args.tls_cert, tls_key=args.tls_key)
     asyncio.run(serve(cloud, args.times))
     return 0
 

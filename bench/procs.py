@@ -217,7 +217,7 @@ def _clean_env(workdir: Path) -> dict[str, str]:
     # No proxy may route loopback traffic anywhere else.
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(name, None)
-    env["NO_PROXY"] = env["no_proxy"] = LOCALHOST
+    env["NO_PROXY"] = env["no_proxy"] = f"{LOCALHOST},localhost"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -247,16 +247,53 @@ def start_broker(cleanup: Cleanup, workdir: Path, extra: str = "") -> Broker:
     return broker
 
 
+@dataclass(frozen=True)
+class BenchTls:
+    """A CA made for this run and a server certificate it signed (for localhost and 127.0.0.1)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_bench_tls(workdir: Path) -> BenchTls:
+    """A fresh private CA and server certificate (EC P-256, like the reference measurements)."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", LOCALHOST)
+    tls = BenchTls(workdir / "bench-ca.pem", workdir / "cloud-cert.pem", workdir / "cloud-key.pem")
+    ca.cert_pem.write_to_path(str(tls.ca_file))
+    server.cert_chain_pems[0].write_to_path(str(tls.cert_file))
+    for extra in server.cert_chain_pems[1:]:
+        extra.write_to_path(str(tls.cert_file), append=True)
+    server.private_key_pem.write_to_path(str(tls.key_file))
+    return tls
+
+
 class MockCloudProc:
     """`python -m bridge mock-cloud --any-device` in its own process, at a fixed latency."""
 
-    def __init__(self, cleanup: Cleanup, workdir: Path, latency: float, tap: Path | None = None) -> None:
+    def __init__(
+        self,
+        cleanup: Cleanup,
+        workdir: Path,
+        latency: float,
+        tap: Path | None = None,
+        *,
+        tls: BenchTls | None = None,
+        host: str = LOCALHOST,
+    ) -> None:
         self.latency = latency
         self.port = free_port()
         self.tap = tap
+        self.tls = tls
+        self.host = host
         self.log_path = workdir / f"mock-cloud-{self.port}.log"
         self._log = self.log_path.open("wb")
-        common = ["--host", LOCALHOST, "--port", str(self.port), "--latency", repr(latency)]
+        common = ["--host", host, "--port", str(self.port), "--latency", repr(latency)]
+        if tls is not None:
+            common += ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]
         if tap is None:
             command = [PYTHON, "-m", "bridge", "mock-cloud", *common, "--any-device"]
         else:
@@ -276,7 +313,7 @@ class MockCloudProc:
     @property
     def base_url(self) -> str:
         """The OpenApi base URL."""
-        return f"http://{LOCALHOST}:{self.port}/OpenApi"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/OpenApi"
 
     def arrivals(self, start: float, end: float) -> list[tuple[float, str]]:
         """(arrival time (CLOCK_MONOTONIC), FAssetGUID) of each Instruction in [start, end], when tapped."""
@@ -317,6 +354,8 @@ def bridge_config(
     journal: bool = True,
     max_in_flight: int | None = None,
     extra_bridge: dict[str, Any] | None = None,
+    ca_file: Path | None = None,
+    metrics_port: int | None = None,
 ) -> dict[str, Any]:
     """A bridge config with a unique base topic and client id; the journal in `workdir`."""
     tag = uuid.uuid4().hex[:10]
@@ -324,13 +363,32 @@ def bridge_config(
     if max_in_flight is not None:
         bridge["max_in_flight"] = max_in_flight
     bridge.update(extra_bridge or {})
+    cloud: dict[str, Any] = {"base_url": cloud_url, "username": "demo", "password": "demo-password"}
+    if ca_file is not None:
+        cloud["ca_file"] = str(ca_file)
     return {
         "mqtt": {"url": broker_url, "client_id": f"bench-bridge-{tag}", "base_topic": f"bench-{tag}"},
-        "cloud": {"base_url": cloud_url, "username": "demo", "password": "demo-password"},
+        "cloud": cloud,
         "bridge": bridge,
         "homeassistant": {"enabled": False},
+        "metrics": {"port": metrics_port, "host": LOCALHOST},
         "logging": {"level": "WARNING"},
     }
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The bridge's /metrics as {name: value} for unlabelled series."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{LOCALHOST}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                values[name] = float(value)
+    return values
 
 
 class BridgeProc:

@@ -1,7 +1,8 @@
 """Throughput benchmark of the real bridge process: `python -m bench.run --suite quick|full`.
 
 Per scenario: a private Mosquitto and the mock cloud (its own process, fixed
-latency) are started once; every run gets a fresh bridge process
+latency, HTTPS with a certificate from a CA made for this run unless the scenario
+says plain HTTP) are started once; every run gets a fresh bridge process
 (`python -m bridge run`) and a fresh load generator process (`bench.loadgen`).
 The clock starts at the first publish (after the bridge said online) and stops
 at the last final state. Reported per scenario: medians over the runs of total
@@ -29,7 +30,9 @@ from typing import Any
 import yaml
 
 from bench.procs import (
+    LOCALHOST,
     PYTHON,
+    BenchTls,
     BridgeProc,
     Cleanup,
     LoadGenProc,
@@ -37,14 +40,17 @@ from bench.procs import (
     bridge_config,
     cpu_seconds,
     machine_info,
+    make_bench_tls,
     new_workdir,
     nodelay_injection,
     nofile_limit,
     sample,
+    scrape_metrics,
     start_broker,
     terminate,
     write_results,
 )
+from tests.support.broker import free_port
 
 DEFAULT_IN_FLIGHT = 1024  # the bridge's bridge.max_in_flight default
 # Mosquitto's default leaves Nagle on for client sockets: a state can wait ~10-40 ms for the ACK of an
@@ -64,6 +70,7 @@ class Target:
     overhead_p99_ms: float | None = None
     rss_mb: float | None = None
     idle_cpu_s: float | None = None
+    dns_lookups: int | None = None
     zero_loss: bool = True
 
 
@@ -80,6 +87,8 @@ class Scenario:
     journal: bool = True
     max_in_flight: int | None = None
     idle: bool = False  # no traffic: measure CPU over IDLE_SECONDS
+    tls: bool = True  # the cloud over HTTPS, as the real one; False = plain HTTP
+    host: str = LOCALHOST  # the cloud's host in the bridge's base_url ("localhost" makes it resolve names)
     target: Target = field(default_factory=Target)
 
     @property
@@ -97,27 +106,53 @@ class Scenario:
         if self.idle:
             return f"{self.name}: bridge idle for {IDLE_SECONDS:.0f}s"
         load = f"{self.rate:g}/s" if self.rate else "burst"
-        extra = "" if self.journal else ", journal off"
+        extra = ", HTTPS" if self.tls else ", plain HTTP"
+        extra += f" to {self.host}" if self.host != LOCALHOST else ""
+        extra += "" if self.journal else ", journal off"
         extra += f", max_in_flight {self.max_in_flight}" if self.max_in_flight else ""
         return (f"{self.name}: {self.devices} devices x {self.commands}, {load}, "
                 f"cloud latency {self.latency * 1000:g} ms{extra}, {self.runs} run(s)")
 
 
-RSS_TARGET = 80.0
+# Node-RED 4.1 with the same hand-wired flow, over HTTPS to the same kind of mock cloud on this
+# kind of machine (medians of 3 in one run; 10,000 devices a single run). Plain HTTP where noted.
+NODERED_HTTPS = {"0ms": 2.39, "200ms": 2.43, "2s": 4.33, "10000@2s": 30.5}
+NODERED_HTTP_2S = 2.84
+RSS_TARGET = 110.0  # MB, with 1000 TLS connections in flight
+RSS_TARGET_10K = 160.0
+DNS_TARGET = 5  # "a handful" of lookups for a cold burst against a host name
+
+
+def _ratio(nodered: float, ratio: float) -> float:
+    return round(nodered * ratio, 3)
+
 
 QUICK: list[Scenario] = [
-    Scenario("burst-1000@0ms", 1000, latency=0.0, target=Target(total_s=0.82, nodered_s=1.03, rss_mb=RSS_TARGET)),
-    Scenario("burst-1000@200ms", 1000, latency=0.2, target=Target(total_s=0.94, nodered_s=1.18, rss_mb=RSS_TARGET)),
-    Scenario("burst-1000@2s", 1000, latency=2.0, target=Target(total_s=2.27, nodered_s=2.84, rss_mb=RSS_TARGET)),
+    Scenario("burst-1000@0ms", 1000, latency=0.0,
+             target=Target(total_s=_ratio(NODERED_HTTPS["0ms"], 0.7), nodered_s=NODERED_HTTPS["0ms"],
+                           rss_mb=RSS_TARGET)),
+    Scenario("burst-1000@200ms", 1000, latency=0.2,
+             target=Target(total_s=_ratio(NODERED_HTTPS["200ms"], 0.7), nodered_s=NODERED_HTTPS["200ms"],
+                           rss_mb=RSS_TARGET)),
+    Scenario("burst-1000@2s", 1000, latency=2.0,
+             target=Target(total_s=_ratio(NODERED_HTTPS["2s"], 0.8), nodered_s=NODERED_HTTPS["2s"],
+                           rss_mb=RSS_TARGET)),
 ]
 FULL: list[Scenario] = [
     *QUICK,
-    Scenario("burst-10000@2s", 10000, latency=2.0, runs=1, target=Target()),
-    Scenario("steady-100/s@0ms", 100, commands=20, latency=0.0, rate=100.0, runs=1,
+    Scenario("burst-10000@2s", 10000, latency=2.0,
+             target=Target(total_s=_ratio(NODERED_HTTPS["10000@2s"], 0.8), nodered_s=NODERED_HTTPS["10000@2s"],
+                           rss_mb=RSS_TARGET_10K)),
+    Scenario("steady-100/s@0ms", 100, commands=20, latency=0.0, rate=100.0, runs=3,
              target=Target(overhead_p50_ms=5.0, overhead_p99_ms=25.0)),
+    Scenario("cold-1000@0ms-hostname", 1000, latency=0.0, host="localhost",
+             target=Target(dns_lookups=DNS_TARGET)),
     Scenario("idle-10s", 0, runs=1, idle=True, target=Target(idle_cpu_s=IDLE_CPU_TARGET)),
     Scenario("burst-1000@2s-nojournal", 1000, latency=2.0, journal=False,
-             target=Target(total_s=2.27, nodered_s=2.84, rss_mb=RSS_TARGET)),
+             target=Target(total_s=_ratio(NODERED_HTTPS["2s"], 0.8), nodered_s=NODERED_HTTPS["2s"],
+                           rss_mb=RSS_TARGET)),
+    Scenario("burst-1000@2s-plain-http", 1000, latency=2.0, tls=False,
+             target=Target(total_s=_ratio(NODERED_HTTP_2S, 0.8), nodered_s=NODERED_HTTP_2S, rss_mb=RSS_TARGET)),
 ]
 SUITES = {"quick": QUICK, "full": FULL}
 
@@ -168,6 +203,7 @@ class Env:
     profile_format: str = "raw"
     warmup: int = 0
     inject: Path | None = None
+    tls: BenchTls | None = None
 
 
 def _start_profiler(env: Env, pid: int, name: str) -> tuple[subprocess.Popen[bytes], Path] | None:
@@ -249,8 +285,10 @@ def _log_summary(text: str) -> dict[str, Any]:
 def run_once(env: Env, sc: Scenario, index: int) -> dict[str, Any]:
     """One fresh bridge, one load generator, one set of numbers."""
     rundir = env.workdir / f"{sc.name.replace('/', '_')}-{index}"
+    metrics_port = free_port()
     config = bridge_config(f"mqtt://127.0.0.1:{env.broker_port}", env.cloud.base_url, rundir,
-                           journal=sc.journal, max_in_flight=sc.max_in_flight)
+                           journal=sc.journal, max_in_flight=sc.max_in_flight,
+                           ca_file=env.tls.ca_file if env.tls is not None else None, metrics_port=metrics_port)
     for dotted, value in env.overrides.items():
         node = config
         *parents, leaf = dotted.split(".")
@@ -289,6 +327,13 @@ def run_once(env: Env, sc: Scenario, index: int) -> dict[str, Any]:
         after = sample(bridge.pid)
         others = {k: round(cpu_seconds(pid) - others_before[k], 3)
                   for k, pid in (("broker", env.broker_pid), ("cloud", env.cloud.pid))}
+        try:
+            metrics = scrape_metrics(metrics_port)
+        except OSError as exc:
+            print(f"  warning: could not read the bridge's metrics: {exc}", flush=True)
+            metrics = {}
+        result["dns_lookups"] = metrics.get("capture_bridge_cloud_dns_lookups")
+        result["connections_opened"] = metrics.get("capture_bridge_cloud_connections_opened")
         result["profile"] = _stop_profiler(profiler)
         profiler = None
         gen.finish()
@@ -361,6 +406,9 @@ def judge(sc: Scenario, summary: dict[str, Any]) -> list[tuple[str, bool]]:
         checks.append((f"peak RSS <= {t.rss_mb:g} MB", summary["peak_rss_mb"] <= t.rss_mb))
     if t.idle_cpu_s is not None:
         checks.append((f"idle CPU <= {t.idle_cpu_s:g} s", summary["bridge_cpu_s"] <= t.idle_cpu_s))
+    if t.dns_lookups is not None:
+        lookups = summary["dns_lookups"]
+        checks.append((f"DNS lookups <= {t.dns_lookups}", lookups is not None and lookups <= t.dns_lookups))
     if t.zero_loss and not sc.idle:
         checks.append(("zero lost", summary["lost"] == 0))
         checks.append(("zero duplicates", summary["duplicates"] == 0))
@@ -381,6 +429,8 @@ def summarize(sc: Scenario, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "overhead_ms": {p: median_of(ok, "overhead_ms", p) for p in ("p50", "p95", "p99")},
         "peak_rss_mb": max((r["bridge"]["peak_rss_mb"] for r in ok), default=float("nan")),
         "bridge_cpu_s": median_of(ok, "bridge", "cpu_s"),
+        "dns_lookups": max((r["dns_lookups"] for r in ok if r.get("dns_lookups") is not None), default=None),
+        "connections_opened": median_of(ok, "connections_opened"),
         "lost": sum(r["lost"] for r in ok) + sum(sc.total for r in runs if "error" in r),
         # Final states that arrived but are not "ok" (overloaded, cloud_unreachable, ...): every device answers ok.
         "not_ok": sum(sum(n for status, n in r["statuses"].items() if status != "ok") for r in ok),
@@ -416,9 +466,11 @@ def run_scenario(
     try:
         broker = start_broker(scoped, workdir, broker_conf)
         assert broker.proc is not None
-        cloud = MockCloudProc(scoped, workdir, sc.latency, workdir / "cloud-arrivals.txt" if tap else None)
+        tls = make_bench_tls(workdir) if sc.tls else None
+        cloud = MockCloudProc(scoped, workdir, sc.latency, workdir / "cloud-arrivals.txt" if tap else None,
+                              tls=tls, host=sc.host)
         env = Env(cleanup, workdir, broker.port, broker.proc.pid, cloud, profile_dir, overrides, profile_format,
-                  warmup, inject or (nodelay_injection(workdir) if bridge_nodelay else None))
+                  warmup, inject or (nodelay_injection(workdir) if bridge_nodelay else None), tls)
         runs: list[dict[str, Any]] = []
         for i in range(1, sc.runs + 1):
             try:
@@ -452,7 +504,8 @@ def _run_line(sc: Scenario, run: dict[str, Any]) -> str:
             f"e2e p50/p95/p99 {_fmt(e['p50'])}/{_fmt(e['p95'])}/{_fmt(e['p99'])} ms, "
             f"overhead p50/p99 {_fmt(o['p50'])}/{_fmt(o['p99'])} ms, peak RSS {b['peak_rss_mb']:.1f} MB, "
             f"CPU bridge {b['cpu_s']:.2f} s / broker {run['cpu_s']['broker']:.2f} / cloud {run['cpu_s']['cloud']:.2f}"
-            f" / loadgen {run['cpu_s']['loadgen']:.2f}, lost {run['lost']}, dup {run['duplicates']}, "
+            f" / loadgen {run['cpu_s']['loadgen']:.2f}, connections {_fmt(run.get('connections_opened'), 0)}, "
+            f"DNS lookups {_fmt(run.get('dns_lookups'), 0)}, lost {run['lost']}, dup {run['duplicates']}, "
             f"statuses {run['statuses']}, publish {run['publish_s']:.3f} s")
 
 
@@ -462,9 +515,9 @@ def _run_line(sc: Scenario, run: dict[str, Any]) -> str:
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], suite: str, broker_conf: str = "") -> str:
     """The summary table."""
     head = (
-        "| scenario | runs | median total s | target | vs Node-RED | cmd/s | e2e p50/p95/p99 ms "
-        "| overhead p50/p99 ms | peak RSS MB | bridge CPU s | lost | dup | result |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| scenario | runs | median total s | target | Node-RED s | vs Node-RED | cmd/s | e2e p50/p95/p99 ms "
+        "| overhead p50/p99 ms | peak RSS MB | bridge CPU s | conns / DNS | lost | dup | result |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for item in results:
@@ -476,16 +529,20 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], suite: str, br
             target = f"<= {t['total_s']} s"
         elif t["overhead_p50_ms"] is not None:
             target = f"overhead p50 <= {t['overhead_p50_ms']:g}, p99 <= {t['overhead_p99_ms']:g} ms"
+        elif t["dns_lookups"] is not None:
+            target = f"DNS lookups <= {t['dns_lookups']}, 0 lost"
         else:
             target = "completes, 0 lost"
         ratio = f"{s['vs_nodered']:.2f}x" if s.get("vs_nodered") is not None else "-"
         e, o = s["e2e_ms"], s["overhead_ms"]
         e2e = "-" if sc["idle"] else f"{_fmt(e['p50'])} / {_fmt(e['p95'])} / {_fmt(e['p99'])}"
         over = "-" if sc["idle"] else f"{_fmt(o['p50'])} / {_fmt(o['p99'])}"
+        nodered = _fmt(t["nodered_s"], 2)
+        conns = f"{_fmt(s.get('connections_opened'), 0)} / {_fmt(s.get('dns_lookups'), 0)}"
         rows.append(
-            f"| {sc['name']} | {s['runs']} | {_fmt(s['total_s'], 3)} | {target} | {ratio} "
+            f"| {sc['name']} | {s['runs']} | {_fmt(s['total_s'], 3)} | {target} | {nodered} | {ratio} "
             f"| {_fmt(s['throughput_per_s'], 0)} | {e2e} | {over} | {_fmt(s['peak_rss_mb'])} "
-            f"| {_fmt(s['bridge_cpu_s'], 3)} | {s['lost']} | {s['duplicates']} | {s['verdict']} |"
+            f"| {_fmt(s['bridge_cpu_s'], 3)} | {conns} | {s['lost']} | {s['duplicates']} | {s['verdict']} |"
         )
     missed = [
         f"- {item['scenario']['name']}: {c['target']}"
@@ -497,7 +554,10 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], suite: str, br
         f"\nSuite `{suite}`, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {machine}.\n"
         "Times, latencies, throughput and CPU are medians over the runs; peak RSS is the maximum VmHWM; "
         "lost and dup are summed over the runs. Overhead = end-to-end minus the mock cloud's latency. "
-        "Node-RED 4.1 reference: 1.03 / 1.18 / 2.84 s (BENCHMARKS.md). "
+        "Every scenario runs over HTTPS (private CA made for the run, verified through cloud.ca_file) "
+        "unless its name says plain-http. Node-RED 4.1 reference, same flow over HTTPS: "
+        f"{NODERED_HTTPS['0ms']} / {NODERED_HTTPS['200ms']} / {NODERED_HTTPS['2s']} s at 0 / 200 / 2000 ms, "
+        f"{NODERED_HTTPS['10000@2s']} s for 10,000 at 2 s; plain HTTP 1000 at 2 s: {NODERED_HTTP_2S} s. "
         f"Mosquitto extra config: {broker_conf.replace(chr(10), '; ') or 'none (stock)'}.\n"
     )
     return "".join([head, *(r + "\n" for r in rows), notes, *(["\nMissed targets:\n", *(m + "\n" for m in missed)]

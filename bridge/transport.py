@@ -4,7 +4,7 @@ One `ClientSession` over one `TCPConnector`: a pool sized by `bridge.max_in_flig
 a DNS cache whose concurrent lookups of one name share a single query, idle
 connections closed after `keepalive_timeout` (below the idle limits of common NATs
 and load balancers, so a pooled connection is never silently dead when reused),
-TCP keepalive on every socket, `HTTPS_PROXY` / `NO_PROXY` from the environment,
+TCP keepalive on every socket, `HTTPS_PROXY` / `NO_PROXY` from the environment (read once),
 verified TLS, explicit connect and read timeouts, `Accept-Encoding: identity` and a
 cap on the reply size.
 
@@ -28,6 +28,8 @@ from types import SimpleNamespace
 from typing import Final
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 __all__ = ["AiohttpTransport", "HttpReply", "TransportError"]
 
@@ -200,6 +202,9 @@ class AiohttpTransport:
             total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+        self._proxy: URL | None = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
         self._closed = False
         self.dns_lookups = 0
         self.connections_opened = 0
@@ -218,10 +223,16 @@ class AiohttpTransport:
             ssl=self._ssl,
             socket_factory=_keepalive_socket,
         )
+        # HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and the proxy's .netrc entry), read once with aiohttp's own
+        # helper: trust_env=True would read them, and ~/.netrc, in a worker thread on every request.
+        try:
+            self._proxy, self._proxy_auth = get_env_proxy_for_url(URL(self._base_url))
+        except LookupError:
+            self._proxy, self._proxy_auth = None, None
         return aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            trust_env=True,
+            trust_env=False,
             trace_configs=[trace],
             auto_decompress=False,
             raise_for_status=False,
@@ -249,13 +260,18 @@ class AiohttpTransport:
             raise TransportError("client is closed", sent=False, retryable=False)
         if self._session is None:
             self._session = self._open_session()
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self._base_url + path)
         progress = SimpleNamespace(sent=False)
         try:
             async with self._session.post(
-                self._base_url + path,
+                url,
                 data=body,
                 headers=self._headers,
                 allow_redirects=False,
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
                 trace_request_ctx=progress,
             ) as response:
                 return await self._read(response)
