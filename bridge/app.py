@@ -62,7 +62,13 @@ def cloud_ssl_context(config: CloudConfig) -> ssl.SSLContext | None:
     """Verified HTTPS by default, with an optional CA bundle; `verify_tls: false` to switch checks off."""
     if not config.base_url.startswith("https"):
         return None
-    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    try:
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    except FileNotFoundError:
+        raise ConfigError(f"cloud.ca_file: no such file: {config.ca_file}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cloud.ca_file: cannot use {config.ca_file} as a CA bundle: "
+                          f"{getattr(exc, 'reason', None) or exc.strerror or exc}") from None
     if not config.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

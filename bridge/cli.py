@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 import sys
 from collections.abc import Coroutine
@@ -117,7 +118,10 @@ def capture(device: str, config_path: str | None, camera: str | None, kind: str 
     options: dict[str, Any] = {k: _option_value(v) for k, v in raw.items() if v is not None}
     if request_id is not None:
         options["request_id"] = request_id
-    state = asyncio.run(_capture_once(config, device, payload, options))
+    try:
+        state = asyncio.run(_capture_once(config, device, payload, options))
+    except ConfigError as exc:
+        _fail(f"config error: {exc}")
     click.echo(json.dumps(state, ensure_ascii=False))
     sys.exit(0 if state["status"] == states.OK else 1)
 
@@ -179,13 +183,15 @@ def mock_cloud(host: str, port: int, latency: float, default_behaviour: str | No
 
     if tls_key is not None and tls_cert is None:
         _fail("--tls-key needs --tls-cert")
+    for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not os.access(path, os.R_OK):
+            _fail(f"{flag}: cannot read {path}")
     raise_fd_limit(65536)  # one socket per simulated in-flight call
     try:
         run_mock_cloud(host, port, latency, default_behaviour or "unknown", token, strict,
                        tls_cert=tls_cert, tls_key=tls_key, idle_timeout=idle_timeout)
-    except ssl.SSLError as exc:
-        _fail(f"cannot use --tls-cert/--tls-key: {exc.reason or exc}")
+    except ssl.SSLError:
+        _fail("--tls-cert/--tls-key: not a PEM certificate and its private key")
     except OSError as exc:
-        if tls_cert is not None and exc.filename in (tls_cert, tls_key):
-            _fail(f"cannot read --tls-cert/--tls-key {exc.filename}: {exc.strerror}")
-        _fail(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror or exc}", 1)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        _fail(f"cannot listen on {host}:{port} (--host/--port): {reason}", 1)

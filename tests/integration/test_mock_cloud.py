@@ -711,3 +711,17 @@ def test_cli_mock_cloud_accepts_any_account_unless_strict() -> None:
         finally:
             process.terminate()
             process.wait(10)
+
+
+def test_cli_mock_cloud_on_a_busy_port_is_one_line() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "bridge", "mock-cloud", "--port", str(port)],
+            capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=30, check=False,
+        )
+
+    assert result.returncode == 1
+    assert result.stderr == f"capture-bridge: cannot listen on 127.0.0.1:{port} (--host/--port): Address already in use\n"
