@@ -327,6 +327,13 @@ class MockCloud:
         self._fault = Fault(value)
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open right now (idle keep-alive ones included)."""
+        runner = self._runner
+        server = runner.server if runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    @property
     def url(self) -> str:
         """Base URL for clients, e.g. http://127.0.0.1:8092/OpenApi (valid once listening)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)

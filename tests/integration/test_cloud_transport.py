@@ -291,3 +291,28 @@ def test_pooled_connection_silently_dropped_costs_no_timeout(ok_cloud: MockCloud
     assert isinstance(first, InstructionReply)
     assert isinstance(second, InstructionReply), second
     assert connections == 2
+
+
+def test_pooled_connection_closed_by_the_server_is_replaced_quietly() -> None:
+    # A server that closes idle keep-alive connections before the bridge's own expiry does.
+    with MockCloud(default_behaviour="ok", idle_timeout=0.2) as quick_closer:
+
+        async def scenario() -> tuple[InstructionReply | CloudError, InstructionReply | CloudError, int]:
+            bridge = Bridge(quick_closer.url, retry_attempts=1)
+            try:
+                first = await bridge.capture(fresh_guid())
+                # The server runs in its own thread and loop: nothing to await across, so poll.
+                async with asyncio.timeout(10):
+                    while quick_closer.open_connections:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)  # ok: polling the server's idle expiry
+                second = await bridge.capture(fresh_guid())
+                return first, second, bridge.transport.connections_opened
+            finally:
+                await bridge.close()
+
+        first, second, opened = run(scenario())
+
+    assert isinstance(first, InstructionReply)
+    assert isinstance(second, InstructionReply), second
+    assert second.tries == 1
+    assert opened == 2

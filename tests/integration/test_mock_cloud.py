@@ -724,4 +724,5 @@ def test_cli_mock_cloud_on_a_busy_port_is_one_line() -> None:
         )
 
     assert result.returncode == 1
-    assert result.stderr == f"capture-bridge: cannot listen on 127.0.0.1:{port} (--host/--port): Address already in use\n"
+    expected = f"capture-bridge: cannot listen on 127.0.0.1:{port} (--host/--port): Address already in use\n"
+    assert result.stderr == expected
