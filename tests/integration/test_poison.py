@@ -1,0 +1,391 @@
+"""Poison messages and faults thrown at the real bridge process through a real Mosquitto (issue 10).
+
+After each poison case a normal command still gets its state within seconds, and a restart
+starts cleanly. The disk-full case mounts a small tmpfs (skipped, with the reason, where
+mounting is not permitted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.mockcloud import MockCloud
+from tests.integration.test_ecosystem import http_answer, http_get, metric_value
+from tests.integration.test_reliability import wait_until
+from tests.support.bridge_proc import BridgeProcess
+from tests.support.broker import free_port
+from tests.support.probe import Probe, Received
+
+StartBridge = Callable[..., BridgeProcess]
+MAX_TOPIC = 65535
+
+
+def final_on(topic: str) -> Callable[[Received], bool]:
+    return lambda m: m.topic == topic and bool(m.payload) and m.json().get("status") != "pending"
+
+
+def still_serves(probe: Probe, base: str, cloud: MockCloud, timeout: float = 10.0) -> dict[str, Any]:
+    """A normal command on a fresh device gets its ok state within seconds."""
+    cloud.default_behaviour = "ok"
+    guid = str(uuid.uuid4())
+    rid = f"alive-{uuid.uuid4().hex[:8]}"
+    probe.subscribe(f"{base}/{guid}/capture/state")
+    probe.publish(f"{base}/{guid}/capture/set", {"request_id": rid})
+    # [0]: a probe subscribed to `<base>/+/capture/state` too gets a copy per subscription.
+    msg = probe.wait_for(final_on(f"{base}/{guid}/capture/state"), timeout=timeout)[0]
+    state: dict[str, Any] = msg.json()
+    assert state["status"] == "ok", state
+    assert state["request_id"] == rid
+    return state
+
+
+def restart_cleanly(bridge: BridgeProcess, start_bridge: StartBridge, overrides: dict[str, Any]) -> BridgeProcess:
+    """SIGTERM exits 0 without a traceback; the next start comes online and logs no traceback."""
+    assert bridge.stop(timeout=20) == 0, bridge.log_text()[-3000:]
+    assert "Traceback" not in bridge.log_text(), bridge.log_text()[-3000:]
+    again = start_bridge(overrides)
+    return again
+
+
+def publish_raw(probe: Probe, topic: str, payload: bytes, *, qos: int = 1, props: Properties | None = None) -> None:
+    info = probe.client.publish(topic, payload, qos=qos, properties=props)
+    info.wait_for_publish(10)
+
+
+def response_props(topic: str, correlation: bytes | None = None) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ResponseTopic = topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
+
+
+# --- 1. publishes paho refuses ------------------------------------------------------------------
+
+
+def test_wildcard_response_topics_and_overlong_state_topics_do_not_stop_intake_or_restarts(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    cloud.default_behaviour = "ok"
+    port = free_port()
+    overrides = {"metrics": {"port": port}}
+    bridge = start_bridge(overrides)
+    probe.subscribe(f"{base_topic}/+/capture/state")
+    # More than Mosquitto's in-flight window (20): on the old code intake stopped after ~20.
+    guids = [str(uuid.uuid4()) for _ in range(30)]
+    for i, guid in enumerate(guids):
+        topic = "replies/#" if i % 2 else "replies/+/x"
+        probe.publish(f"{base_topic}/{guid}/capture/set", {"request_id": f"w{i}"}, response_topic=topic)
+    for guid in guids:  # every one still answered, on its state topic
+        probe.wait_for(final_on(f"{base_topic}/{guid}/capture/state"), timeout=15)
+
+    # A device id whose state topic ("state" is 2 bytes longer than "set") passes 65,535 bytes.
+    long_id = "a" * (MAX_TOPIC - len(f"{base_topic}//capture/set"))
+    assert len(f"{base_topic}/{long_id}/capture/set") == MAX_TOPIC
+    reply_to = f"replies/{base_topic}/long"
+    probe.subscribe(reply_to)
+    publish_raw(probe, f"{base_topic}/{long_id}/capture/set", b'{"request_id": "long"}',
+                props=response_props(reply_to))
+    # No state topic can carry it; the Response Topic can, so the answer goes there.
+    [answer] = probe.wait_for(final_on(reply_to), timeout=10)
+    assert answer.json()["error"] == "unknown_device"
+    publish_raw(probe, f"{base_topic}/{long_id}/capture/set", b'{"request_id": "long-2"}')
+    bridge.wait_log("state dropped: no topic it can be published on")
+
+    still_serves(probe, base_topic, cloud)
+    assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    log = bridge.log_text()
+    assert "has a wildcard" in log
+    assert "Traceback" not in log
+    bridge = restart_cleanly(bridge, start_bridge, overrides)
+    still_serves(probe, base_topic, cloud)
+    assert "Traceback" not in bridge.log_text()
+
+
+# --- 2. lone surrogate --------------------------------------------------------------------------
+
+
+def test_lone_surrogate_request_id_is_refused_and_never_fires(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    cloud.default_behaviour = "ok"
+    bridge = start_bridge()
+    guid = str(uuid.uuid4())
+    state_topic = f"{base_topic}/{guid}/capture/state"
+    probe.subscribe(state_topic)
+    publish_raw(probe, f"{base_topic}/{guid}/capture/set", b'{"request_id": "\\ud800"}')
+    [msg] = probe.wait_for(final_on(state_topic))
+    assert msg.json()["error"] == "invalid_payload"
+    probe.publish(f"{base_topic}/{guid}/capture/set", {"request_id": "next"})  # the device is not blocked
+    assert probe.wait_for(final_on(state_topic), count=2)[1].json()["status"] == "ok"
+    bridge = restart_cleanly(bridge, start_bridge, {})
+    still_serves(probe, base_topic, cloud)
+    assert len(cloud.instructions_for(guid)) == 1  # only "next", never the poisoned one, not at restart
+
+
+# --- 3. disk full -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs for the disk-full case: {done.stderr.strip() or done.returncode}"
+        print(reason)
+        pytest.skip(reason)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_up(directory: Path) -> Path:
+    """Write a file until the filesystem is full."""
+    filler = directory / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_stops_acks_and_intake_says_so_and_recovers_by_itself(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, tmp_path: Path
+) -> None:
+    cloud.default_behaviour = "ok"
+    with small_tmpfs(tmp_path / "small", "4m") as disk:
+        port = free_port()
+        overrides = {"metrics": {"port": port}, "bridge": {"journal_path": str(disk / "journal.sqlite")}}
+        bridge = start_bridge(overrides)
+        still_serves(probe, base_topic, cloud)
+        filler = fill_up(disk)
+        probe.subscribe(f"{base_topic}/+/capture/state")
+        guids = [str(uuid.uuid4()) for _ in range(10)]
+        pad = " " * 30_000  # valid JSON whitespace: each row needs fresh pages
+        for i, guid in enumerate(guids):
+            publish_raw(probe, f"{base_topic}/{guid}/capture/set", f'{{"request_id": "full-{i}"{pad}}}'.encode())
+        bridge.wait_log("cannot be written")
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503, what="healthz 503")
+        assert metric_value(http_get(f"http://127.0.0.1:{port}/metrics")[1], "capture_bridge_journal_writable") == 0
+        states_before = len([m for m in probe.messages if m.topic.endswith("/capture/state")])
+        filler.unlink()  # space comes back: everything resumes without help
+        for guid in guids:
+            probe.wait_for(final_on(f"{base_topic}/{guid}/capture/state"), timeout=20)
+        assert len([m for m in probe.messages if m.topic.endswith("/capture/state")]) >= states_before + 10
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, what="healthz 200")
+        log = bridge.log_text()
+        assert log.count("cannot be written") == 1  # said once
+        assert "writable again" in log
+        still_serves(probe, base_topic, cloud)
+        bridge = restart_cleanly(bridge, start_bridge, overrides)
+        still_serves(probe, base_topic, cloud)
+        for guid in guids:  # each fired once: nothing again at restart
+            assert len(cloud.instructions_for(guid)) == 1
+        assert bridge.stop(timeout=20) == 0
+
+
+def test_disk_full_at_shutdown_exits_without_a_traceback(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, tmp_path: Path
+) -> None:
+    cloud.default_behaviour = "ok"
+    with small_tmpfs(tmp_path / "small", "4m") as disk:
+        overrides = {"bridge": {"journal_path": str(disk / "journal.sqlite")}}
+        bridge = start_bridge(overrides)
+        fill_up(disk)
+        pad = " " * 30_000
+        for i in range(5):
+            publish_raw(probe, f"{base_topic}/{uuid.uuid4()}/capture/set", f'{{"request_id": "s{i}"{pad}}}'.encode())
+        bridge.wait_log("cannot be written")
+        bridge.stop(timeout=20)
+        assert "Traceback" not in bridge.log_text()
+
+
+# --- 5. Response Topic policy -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["{base}/dev-ok/capture/state", "{base}/bridge/state",
+                                    "homeassistant/sensor/x/config", "$SYS/forged"])
+def test_response_topic_cannot_make_the_bridge_a_confused_deputy(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, target: str
+) -> None:
+    cloud.default_behaviour = "ok"
+    bridge = start_bridge()
+    target = target.format(base=base_topic)
+    if not target.startswith("$"):
+        probe.subscribe(target)
+    guid = str(uuid.uuid4())
+    probe.subscribe(f"{base_topic}/{guid}/capture/state")
+    probe.publish(f"{base_topic}/{guid}/capture/set", {"request_id": "deputy"}, response_topic=target)
+    probe.wait_for(final_on(f"{base_topic}/{guid}/capture/state"))
+    bridge.wait_log("Response Topic")
+    assert "refused" in bridge.log_text()
+    still_serves(probe, base_topic, cloud)
+    assert not [m for m in probe.messages if m.topic == target and b"deputy" in m.payload]
+
+
+# --- 8. smaller ---------------------------------------------------------------------------------
+
+
+def test_newline_in_request_id_and_empty_device_id_are_one_log_line_each(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    cloud.default_behaviour = "ok"
+    bridge = start_bridge()
+    probe.subscribe(f"{base_topic}/+/capture/state")
+    publish_raw(probe, f"{base_topic}/no-such-device/capture/set",
+                b'{"request_id": "r\\n2026-01-01 00:00:00,000 ERROR   bridge: FORGED"}')
+    probe.wait_for(final_on(f"{base_topic}/no-such-device/capture/state"))
+    publish_raw(probe, f"{base_topic}//capture/set", b"{}")
+    bridge.wait_log("device id is empty")
+    still_serves(probe, base_topic, cloud)
+    lines = bridge.log_text().splitlines()
+    assert not [line for line in lines if line.startswith("2026-01-01")]
+    assert [line for line in lines if "FORGED" in line and "\\n2026-01-01" in line]
+
+
+def test_deleted_journal_is_recreated_and_a_crash_loses_nothing(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, tmp_path: Path
+) -> None:
+    cloud.default_behaviour = "ok"
+    cloud.latency = 1.5
+    overrides = {"bridge": {"max_in_flight": 64}}
+    bridge = start_bridge(overrides)
+    probe.subscribe(f"{base_topic}/+/capture/state")
+    guids = [str(uuid.uuid4()) for _ in range(20)]
+    for i, guid in enumerate(guids):
+        probe.publish(f"{base_topic}/{guid}/capture/set", {"request_id": f"d{i}"})
+    wait_until(lambda: sum(len(cloud.instructions_for(g)) for g in guids) == 20, what="all 20 at the cloud")
+    journal = Path(bridge.config["bridge"]["journal_path"])
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    bridge.wait_log("was deleted", timeout=10)
+    assert journal.exists()
+    bridge.kill()
+    cloud.latency = 0.0
+    start_bridge(overrides)
+    for guid in guids:  # every in-flight command answered after the crash (run again: at least once)
+        probe.wait_for(final_on(f"{base_topic}/{guid}/capture/state"), timeout=20)
+
+
+def test_a_journal_that_cannot_be_opened_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    config = tmp_path / "bridge.yaml"
+    config.write_text(f"cloud: {{token: t0k3n}}\nbridge: {{journal_path: {blocker / 'j.sqlite'}}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTURE_BRIDGE_")}
+    done = subprocess.run([sys.executable, "-m", "bridge", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "bridge.journal_path" in lines[0]
+
+
+def test_oversized_payloads_are_refused_small_and_never_delivered_huge(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    cloud.default_behaviour = "ok"
+    bridge = start_bridge({"bridge": {"max_payload_bytes": 1024}})
+    guid = str(uuid.uuid4())
+    state_topic = f"{base_topic}/{guid}/capture/state"
+    probe.subscribe(state_topic)
+    publish_raw(probe, f"{base_topic}/{guid}/capture/set", b'{"request_id": "big"' + b" " * 5000 + b"}")
+    [msg] = probe.wait_for(final_on(state_topic))
+    assert msg.json()["error"] == "invalid_payload"
+    for _ in range(5):  # past the Maximum Packet Size the bridge told the broker: never delivered
+        publish_raw(probe, f"{base_topic}/{guid}/capture/set", b"{" + b" " * 2_000_000 + b"}")
+    still_serves(probe, base_topic, cloud)
+    assert len(probe.wait_for(final_on(state_topic))) == 1
+    journal = Path(bridge.config["bridge"]["journal_path"])
+    held = sum(Path(f"{journal}{s}").stat().st_size for s in ("", "-wal") if Path(f"{journal}{s}").exists())
+    assert held < 1_000_000
+
+
+# --- fuzz: payloads, topics and MQTT 5 properties ------------------------------------------------
+
+
+def broker_accepts(char: str) -> bool:
+    """Mosquitto disconnects a client whose topic or property holds a control or non-character."""
+    return not (ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F) and unicodedata.category(char) != "Cn"
+
+
+mqtt_chars = st.characters(codec="utf-8").filter(broker_accepts)
+device_ids = st.text(mqtt_chars.filter(lambda c: c not in "/+#"), min_size=0, max_size=200)
+payloads = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        max_leaves=10,
+    ).map(lambda v: json.dumps({"request_id": "x", "junk": v}).encode()),
+    st.sampled_from([b'{"request_id": "\\ud800"}', b'{"\\udfff": 1}', b"[" * 5000, b'{"count": 1e999}',
+                     b'{"type": "video", "duration": 0}', b'{"request_id": "' + b"r" * 129 + b'"}']),
+)
+response_topics = st.one_of(
+    st.none(),
+    st.text(mqtt_chars, min_size=1, max_size=60),
+    st.sampled_from(["#", "+", "a/#", "$SYS/x", "homeassistant/x/config", "{base}/bridge/state", "{long}"]),
+)
+
+
+@pytest.mark.timeout(240)
+def test_fuzzed_commands_never_stop_the_bridge(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    cloud.default_behaviour = "ok"
+    port = free_port()
+    overrides = {"metrics": {"port": port}}
+    bridge = start_bridge(overrides)
+    http_answer(f"http://127.0.0.1:{port}/healthz")
+
+    # No shrinking: each example costs a round trip through the real bridge; the failing one is printed.
+    @settings(max_examples=80, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(device=device_ids, payload=payloads, response_topic=response_topics,
+           correlation=st.none() | st.binary(max_size=64),
+           user=st.lists(st.tuples(st.text(mqtt_chars, max_size=10), st.text(mqtt_chars, max_size=10)), max_size=3),
+           qos=st.sampled_from([0, 1]))
+    def poison(device: str, payload: bytes, response_topic: str | None, correlation: bytes | None,
+               user: list[tuple[str, str]], qos: int) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if response_topic is not None:
+            # Placeholders, not the text itself: a 65 kB repr would make Hypothesis warn (an error here).
+            named = {"{base}/bridge/state": f"{base_topic}/bridge/state", "{long}": "x" * 65000}
+            props.ResponseTopic = named.get(response_topic, response_topic)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        if user:
+            props.UserProperty = user
+        topic = f"{base_topic}/{device}/capture/set"
+        if len(topic.encode()) > MAX_TOPIC:
+            return
+        publish_raw(probe, topic, payload, qos=qos, props=props)
+        still_serves(probe, base_topic, cloud, timeout=10)
+
+    poison()
+    assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    assert "Traceback" not in bridge.log_text(), bridge.log_text()[-3000:]
+    bridge = restart_cleanly(bridge, start_bridge, overrides)
+    still_serves(probe, base_topic, cloud)
+    assert "Traceback" not in bridge.log_text()
