@@ -315,7 +315,11 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
             return Health(tuple(problems), cloud_status)
 
         server = MetricsServer(metrics, config.metrics.host, config.metrics.port, healthy=health)
-        server.start()
+        try:
+            server.start()
+        except OSError as exc:
+            raise ConfigError(f"metrics.port: cannot listen on {config.metrics.host}:{config.metrics.port}: "
+                              f"{exc.strerror or exc} (choose a free metrics.port, or null for none)") from None
         log.info("metrics on http://%s:%d/metrics, health on /healthz", config.metrics.host, server.port)
     log.info("capture-bridge %s starting: broker %s:%d, cloud %s, %d configured device(s)",
              __version__, config.mqtt.host, config.mqtt.port, config.cloud.base_url, len(devices))

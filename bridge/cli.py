@@ -10,6 +10,7 @@ import json
 import os
 import ssl
 import sys
+import tempfile
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
@@ -46,7 +47,36 @@ def _load(config_path: str | None) -> Config:
     try:
         return load_config(config_path)
     except ConfigError as exc:
+        if config_path is None:
+            # Without a file only CAPTURE_BRIDGE_* variables configure it: say what was missed.
+            _fail(f"config error: no --config PATH given (nor CAPTURE_BRIDGE_CONFIG), and without one: {exc}")
         _fail(f"config error: {exc}")
+
+
+def journal_problem(config: Config) -> str | None:
+    """Why `run` could not create or open the journal file, found without creating anything."""
+    if not config.bridge.journal:
+        return None
+    path = config.journal_file()
+    if path.exists():
+        if not path.is_file():
+            return f"bridge.journal_path: {path} is not a file"
+        try:
+            with path.open("ab"):
+                return None
+        except OSError as exc:
+            return f"bridge.journal_path: cannot open {path}: {exc.strerror}"
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"bridge.journal_path: {folder} is not a directory"
+    try:
+        # A real try, not os.access: root passes every access() check, even on /proc.
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return f"bridge.journal_path: cannot create {path}: {exc.strerror}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,6 +189,9 @@ async def _capture_once(
 def check_config(config_path: str | None) -> None:
     """Validate the config and print it, with every secret masked."""
     config = _load(config_path)
+    problem = journal_problem(config)
+    if problem is not None:
+        _fail(f"config error: {problem}")
     # JSON: readable, and parseable by both JSON and YAML tools.
     click.echo(json.dumps(config.masked(), indent=2, ensure_ascii=False))
 
@@ -168,7 +201,8 @@ def check_config(config_path: str | None) -> None:
 @click.option("--port", default=8092, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds per Instruction.")
 @click.option("--any-device", "default_behaviour", flag_value="ok", default=None,
-              help="Answer ok for every GUID (default: only the demo devices; others get 106).")
+              help="Answer ok for any GUID that is not a demo device (the demo GUIDs keep their fixed outcomes); "
+                   "default: other GUIDs get 106.")
 @click.option("--token", default=None, help="A fixed FTokenID the mock accepts (with --strict).")
 @click.option("--strict", is_flag=True, help="Only user demo / demo-password and issued tokens (default: any).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,

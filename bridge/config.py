@@ -136,14 +136,19 @@ class MqttConfig(_Section):
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError as exc:
             raise ValueError("has a bad port") from exc
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be scheme://host:port only (no path, query or fragment)")
         return value
 
     @field_validator("base_topic")
     @classmethod
     def _check_base_topic(cls, value: str) -> str:
-        value = value.strip("/")
-        if not value or any(c in value for c in "+#\x00"):
-            raise ValueError("must be a non-empty topic without wildcards")
+        if value.startswith("/") or value.endswith("/"):
+            # Silently dropping the slash would subscribe to other topics than the ones the user's
+            # flows publish to ('/devices/x' and 'devices/x' are different MQTT topics).
+            raise ValueError(f"must not start or end with '/' (write {value.strip('/')!r})")
+        if not value or any(c in value for c in "+#\x00") or "//" in value:
+            raise ValueError("must be a non-empty topic without wildcards or empty levels")
         return value
 
     @field_validator("response_topics")
@@ -226,6 +231,12 @@ class CloudConfig(_Section):
         if parts.username or parts.password:
             # Credentials in a URL would show in check-config and logs: they belong in their own keys.
             raise ValueError("must not carry credentials: use cloud.token, or cloud.username and cloud.password")
+        if parts.query or parts.fragment or value.endswith(("?", "#")):
+            raise ValueError("must have no ?query or #fragment (e.g. https://cloud.assetscontrols.com:3443/OpenApi)")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError("has a bad port") from exc
         return value.rstrip("/")
 
     @model_validator(mode="before")
@@ -419,6 +430,9 @@ def _first_error(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif err["type"] == "string_type" and isinstance(err.get("input"), int | float | bool):
+        # YAML reads `password: 123456` as a number and `yes` as true: the fix is quotes.
+        msg = f"must be text: quote it in the YAML ({where.rsplit('.', 1)[-1]}: \"...\")"
     more = len(exc.errors()) - 1
     return f"{where}: {msg}" + (f" (and {more} more)" if more else "")
 
@@ -438,8 +452,9 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {path}{where}: not valid YAML") from None
+            where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None)
+            raise ConfigError(f"config file {path}{where}: not valid YAML: {problem or 'cannot parse'}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import socket
 import socketserver
 import subprocess
 import sys
@@ -349,3 +351,108 @@ def test_two_bridges_with_one_client_id_get_one_error_and_back_off(
         # Backing off toward reconnect_max (4 s): a handful of reconnects, not one a second.
         assert len(log_lines(bridge, "connected to")) - before <= 5, bridge.log_text()[-3000:]
     assert time.monotonic() - watch_from >= 8
+
+
+# --- 7. every user mistake is one line naming what to fix ----------------------------------------
+
+
+def _cli(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTURE_BRIDGE_")}
+    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, env=env, cwd=cwd)
+
+
+def _one_line(result: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_run_without_config_names_the_flag(tmp_path: Path) -> None:
+    _one_line(_cli("run", cwd=tmp_path), "--config")
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_bad_journal_path_names_the_setting(tmp_path: Path, command: str, cloud: MockCloud) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"cloud": {"base_url": cloud.url, "token": "t-123456"},
+                                  "bridge": {"journal_path": "/proc/nope/journal.sqlite"}}))
+    _one_line(_cli(command, "--config", str(config)), "bridge.journal_path", "/proc/nope/journal.sqlite")
+
+
+def test_busy_metrics_port_names_the_setting(tmp_path: Path, cloud: MockCloud) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(json.dumps({"cloud": {"base_url": cloud.url, "token": "t-123456"},
+                                      "metrics": {"port": port},
+                                      "bridge": {"journal_path": str(tmp_path / "j.sqlite")}}))
+        _one_line(_cli("run", "--config", str(config)), "metrics.port", str(port), "already in use")
+
+
+def test_mock_cloud_on_a_busy_port_is_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        _one_line(_cli("mock-cloud", "--port", str(port)), "--port", str(port), "already in use", code=1)
+
+
+@pytest.mark.parametrize(("yaml_text", "needles"), [
+    ("cloud:\n  token: t\n  base_url: 'https://cloud.example.com/OpenApi?x=1'\n", ("cloud.base_url", "query")),
+    ("cloud:\n  token: t\nmqtt:\n  base_topic: /devices\n", ("mqtt.base_topic", "'devices'")),
+    ("cloud:\n  token: t\nmqtt:\n  password: 123456\n", ("mqtt.password", "quote it")),
+    ("cloud:\n  token: t\n   oops: 1\n", ("line 3", "mapping values are not allowed")),
+])
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_config_mistakes_are_refused_by_check_config_and_run_alike(
+    tmp_path: Path, yaml_text: str, needles: tuple[str, ...], command: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    line = _one_line(_cli(command, "--config", str(config)), *needles)
+    assert "123456" not in line
+
+
+def test_cloud_404_says_check_the_base_url(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    bridge = start_bridge({"cloud": {"base_url": cloud.url + "/Wrong", "token": "t-123456",
+                                     "username": None, "password": None}})
+    state = send(probe, base_topic, "truck-12", {})
+    assert state["error"] == "cloud_unreachable"
+    assert "HTTP 404" in state["message"]
+    assert "check cloud.base_url" in state["message"]
+    assert "Traceback" not in bridge.log_text()
+
+
+# --- 8. the cloud login is checked at start -------------------------------------------------------
+
+
+def test_wrong_cloud_password_is_one_error_at_start_and_the_bridge_keeps_running(
+    start_bridge: StartBridge, probe: Probe, base_topic: str
+) -> None:
+    port = free_port()
+    bridge = start_bridge({"cloud": {"password": "wrong-password"}, "metrics": {"port": port}})
+    bridge.wait_log("cloud login as demo failed", timeout=10)
+    errors = [line for line in bridge.log_text().splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert "check cloud.username and cloud.password" in errors[0]
+    assert "wrong-password" not in bridge.log_text()
+    status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
+    assert status == 200  # the broker side is fine; the cloud's status is reported beside it
+    health = json.loads(body)
+    assert health["mqtt"] == "ok"
+    assert health["cloud"].startswith("login_failed")
+    assert send(probe, base_topic, "truck-12", {})["error"] == "login_failed"
+
+
+def test_good_cloud_login_is_said_at_start(start_bridge: StartBridge) -> None:
+    bridge = start_bridge()
+    bridge.wait_log("cloud login ok as demo", timeout=10)

@@ -86,8 +86,40 @@ def test_mqtts_url_defaults_to_tls_port(tmp_path: Path) -> None:
     assert config.mqtt.host == "broker.example"
 
 
-def test_base_topic_slashes_are_trimmed(tmp_path: Path) -> None:
-    assert load(tmp_path, MINIMAL + "mqtt:\n  base_topic: /home/cams/\n").mqtt.base_topic == "home/cams"
+@pytest.mark.parametrize("value", ["/home/cams", "home/cams/", "/devices", "a//b"])
+def test_base_topic_with_a_stray_slash_is_refused(tmp_path: Path, value: str) -> None:
+    # Not silently changed: '/devices/x' and 'devices/x' are different topics, the user must know.
+    assert config_error(tmp_path, MINIMAL + f"mqtt:\n  base_topic: {value}\n").startswith("mqtt.base_topic: must")
+
+
+def test_base_topic_with_levels(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL + "mqtt:\n  base_topic: home/cams\n").mqtt.base_topic == "home/cams"
+
+
+@pytest.mark.parametrize("key", ["mqtt:\n  password", "cloud:\n  token: null\n  username: u\n  password",
+                                 "mqtt:\n  username", "mqtt:\n  client_id"])
+def test_a_number_where_text_is_wanted_says_quote_it(tmp_path: Path, key: str) -> None:
+    message = config_error(tmp_path, MINIMAL + f"{key}: 123456\n")
+    assert "quote it" in message
+    assert "123456" not in message  # it may be a password
+
+
+@pytest.mark.parametrize("url", ["https://cloud.example.com/OpenApi?x=1", "https://cloud.example.com/OpenApi#top",
+                                 "https://cloud.example.com/OpenApi?", "http://cloud.example.com:99999/OpenApi"])
+def test_cloud_base_url_with_query_or_fragment_is_refused(tmp_path: Path, url: str) -> None:
+    assert config_error(tmp_path, MINIMAL + f"cloud:\n  token: t\n  base_url: '{url}'\n").startswith(
+        "cloud.base_url")
+
+
+@pytest.mark.parametrize("url", ["mqtt://broker:1883/x", "mqtt://broker:1883?q=1", "mqtt://broker#f"])
+def test_mqtt_url_with_a_path_is_refused(tmp_path: Path, url: str) -> None:
+    assert config_error(tmp_path, MINIMAL + f"mqtt:\n  url: '{url}'\n").startswith("mqtt.url")
+
+
+def test_yaml_error_names_line_and_reason(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "cloud:\n  token: t\n   bad: indent\n")
+    assert "line 3" in message
+    assert "mapping values are not allowed here" in message
 
 
 def test_cloud_base_url_trailing_slash_is_trimmed(tmp_path: Path) -> None:
