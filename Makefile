@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test unit integration lint bench bench-quick soak ha-check image-check lock clean
+.PHONY: install demo test unit integration lint bench bench-quick soak flood ha-check image-check lock clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ lock: install
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --strip-extras \
 	  --allow-unsafe --build-deps-for=wheel --no-emit-index-url --no-emit-find-links \
 	  --output-file requirements.lock pyproject.toml
+
+flood: install
+	$(BIN)/python -m bench.flood --commands 100000 --onlines 100 --devices 301
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results *.egg-info
