@@ -38,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge import topics
+from bridge.command import request_id_of
 from bridge.config import MqttConfig
 from bridge.logs import redact
 from bridge.service import Command
@@ -569,7 +570,13 @@ class MqttAdapter:
             if props is not None:
                 response_topic = getattr(props, "ResponseTopic", None)
                 correlation = getattr(props, "CorrelationData", None)
-            self._on_command(Command(device, bytes(message.payload), response_topic, correlation, bool(message.dup)))
+            payload = bytes(message.payload)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("command received on %s: %d bytes, qos %d, retain=%s, dup=%s%s", topic, len(payload),
+                          message.qos, bool(message.retain), bool(message.dup),
+                          f", response topic {shown(response_topic)}" if response_topic else "",
+                          extra={"device": device, "request_id": request_id_of(payload)})
+            self._on_command(Command(device, payload, response_topic, correlation, bool(message.dup)))
         except Exception:
             log.exception("failed to hand over a message on %s", message.topic)
 
@@ -701,6 +708,10 @@ class MqttAdapter:
         and `on_acked` runs at once: no broker will ever acknowledge it.
         """
         sent = self.publish(topics.state_topic(self._base, device), payload, retain=retain, on_acked=on_acked)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("state published on %s (%d bytes, %s): %s", topics.state_topic(self._base, device), len(payload),
+                      "retained" if retain else "not retained", payload[:300].decode(errors="replace"),
+                      extra={"device": device})
         if response_topic and self._v5:
             refusal = response_topic_refusal(response_topic, self._response_allowed, self._response_denied)
             if refusal is not None:

@@ -424,6 +424,8 @@ class CaptureService:
         assert job.capture is not None
         assert job.ctx.asset_guid is not None
         started = self._clock()
+        extra = {"device": job.command.device, "request_id": job.ctx.request_id}
+        log.debug("cloud call: ActiveNewPhotograph %s %s", job.ctx.asset_guid, job.ctx.request, extra=extra)
         try:
             reply = await self._cloud.capture(job.ctx.asset_guid, job.capture.api_params())
             state = states.reply_state(job.ctx, reply)
@@ -437,7 +439,10 @@ class CaptureService:
             log.exception("unexpected failure", extra={"device": job.command.device})
             internal = CloudError(ErrorCode.CLOUD_ERROR, f"internal error: {type(exc).__name__}")
             state = states.error_state(job.ctx, internal)
-        self._observer.cloud_call(self._clock() - started)
+        took = self._clock() - started
+        self._observer.cloud_call(took)
+        log.debug("cloud call done in %.3fs: Result %s, %s", took, state["code"], state["error"] or state["status"],
+                  extra=extra)
         try:
             self._finish(job, state)
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import socketserver
@@ -25,6 +26,7 @@ from bridge.mockcloud import Behaviour, MockCloud
 from tests.conftest import GUIDS, bridge_config
 from tests.integration.test_ecosystem import (
     ONLINE,
+    gaps,
     http_answer,
     http_get,
     is_online,
@@ -230,12 +232,18 @@ def test_an_http_port_is_named_within_the_connect_timeout(
 ) -> None:
     with _server(_Http400) as port:
         config = bridge_config(broker, cloud, base_topic, tmp_path)
-        config["mqtt"]["url"] = f"mqtt://127.0.0.1:{port}"
+        config["mqtt"].update(url=f"mqtt://127.0.0.1:{port}", reconnect_min=3.0, reconnect_max=3.0)
         started = time.monotonic()
         with running_bridge(tmp_path / "bridge", config) as bridge:
             bridge.wait_log("not an MQTT broker", timeout=10)
             took = time.monotonic() - started
-            line = log_lines(bridge, "not an MQTT broker")[0]
+            poll(lambda: len(log_lines(bridge, "not an MQTT broker")) >= 2, timeout=10, what="a second attempt")
+            lines = log_lines(bridge, "not an MQTT broker")
+        line = lines[0]
+        # The delay printed is the one slept (the jitter is applied before it is printed).
+        printed = float(line.rsplit("next try in ", 1)[1].rstrip("s"))
+        assert 2.4 <= printed <= 3.6
+        assert abs(gaps(lines[:2])[0] - printed) < 0.3, (lines, printed)
         assert " ERROR " in line
         assert f"127.0.0.1:{port}" in line
         assert "received 'HTTP/1.1 400 Bad Request'" in line
@@ -348,6 +356,7 @@ def test_two_bridges_with_one_client_id_get_one_error_and_back_off(
         assert f"client_id 'same-{base_topic}'" in errors[0]
         assert "mqtt.shared_group" in errors[0]
         assert "own mqtt.client_id" in errors[0]
+        assert "Unspecified error" not in bridge.log_text()  # disconnects say what happened
         # Backing off toward reconnect_max (4 s): a handful of reconnects, not one a second.
         assert len(log_lines(bridge, "connected to")) - before <= 5, bridge.log_text()[-3000:]
     assert time.monotonic() - watch_from >= 8
@@ -456,3 +465,29 @@ def test_wrong_cloud_password_is_one_error_at_start_and_the_bridge_keeps_running
 def test_good_cloud_login_is_said_at_start(start_bridge: StartBridge) -> None:
     bridge = start_bridge()
     bridge.wait_log("cloud login ok as demo", timeout=10)
+
+
+# --- 9. DEBUG tells a user debugging a flow what happened ----------------------------------------
+
+
+def test_debug_log_follows_a_command(start_bridge: StartBridge, probe: Probe, base_topic: str) -> None:
+    bridge = start_bridge(args=("--log-level", "DEBUG"))
+    payload = json.dumps({"count": 2, "request_id": "dbg-1"})
+    assert send(probe, base_topic, "truck-12", payload)["status"] == "ok"
+    bridge.wait_log("state published on", timeout=5)
+    received = log_lines(bridge, "command received on")
+    assert received, bridge.log_text()[-2000:]
+    line = received[-1]
+    assert f"{base_topic}/truck-12/capture/set: {len(payload)} bytes" in line
+    assert "retain=False, dup=False" in line
+    assert "device=truck-12 request_id=dbg-1" in line
+    assert " DEBUG " in line
+    start = log_lines(bridge, "cloud call: ActiveNewPhotograph")
+    assert start
+    assert GUIDS[Behaviour.OK] in start[-1]
+    done = log_lines(bridge, "cloud call done in")
+    assert done
+    assert re.search(r"done in \d+\.\d{3}s: Result 200, ok", done[-1]), done[-1]
+    published = log_lines(bridge, f"state published on {base_topic}/truck-12/capture/state")
+    assert published
+    assert "retained" in published[-1]
