@@ -629,7 +629,7 @@ class MqttAdapter:
                 callback()
             except Exception:
                 log.exception("publish acknowledgement hook failed")
-        if self.backpressure and self._pending_acks and not self._held_back():
+        if self.backpressure and not self._held_back():
             self._flush_acks()
 
     def _send_overflow(self) -> None:
