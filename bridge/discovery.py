@@ -98,7 +98,9 @@ PHOTO_PAYLOAD = _json({"type": "photo"})
 VIDEO_PAYLOAD = _json({"type": "video"})
 TAKE_PHOTO = Entity("button", "take_photo", "Take photo", "mdi:camera", {"payload_press": PHOTO_PAYLOAD})
 RECORD_VIDEO = Entity("button", "record_video", "Record video", "mdi:video", {"payload_press": VIDEO_PAYLOAD})
-RESOLUTION = _select("resolution", "Resolution", "resolution", settings.RESOLUTION_OPTIONS, "mdi:image-size-select")
+RESOLUTION = _select(
+    "resolution", "Resolution", "resolution", settings.RESOLUTION_OPTIONS, "mdi:image-size-select-large"
+)
 CAMERA = _select("camera", "Camera", "camera", settings.CAMERA_OPTIONS, "mdi:cctv")
 CAPTURE_TYPE = _select("capture_type", "Capture type", "type", settings.TYPE_OPTIONS, "mdi:camera-switch")
 PHOTO_COUNT = _number("photo_count", "Photo count", "count", "mdi:counter")

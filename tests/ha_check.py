@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -161,10 +162,18 @@ class HomeAssistant:
         async with session.post(f"{self.url}/auth/token", data=form) as response:
             response.raise_for_status()
             self.token = (await response.json())["access_token"]
-        # The remaining steps only matter to the frontend's onboarding screens: best effort.
+        # The remaining steps only matter to the frontend's onboarding screens (see finish_onboarding).
         for step in ("core_config", "analytics"):
             async with session.post(f"{self.url}/api/onboarding/{step}", headers=self.auth):
                 pass
+
+    async def finish_onboarding(self, session: aiohttp.ClientSession) -> None:
+        """The last onboarding step, for the frontend. Only before the screenshot: in this offline
+        sandbox a fully onboarded HA 2025.4.4 never finished its next start-up ("Waiting for
+        startup to wrap up"), which the restart check would trip over."""
+        data = {"client_id": CLIENT, "redirect_uri": f"{CLIENT}?auth_callback=1"}
+        async with session.post(f"{self.url}/api/onboarding/integration", json=data, headers=self.auth):
+            pass
 
     @property
     def auth(self) -> dict[str, str]:
@@ -314,7 +323,71 @@ print(json.dumps(problems))
     return problems
 
 
-async def run_checks(workdir: Path) -> int:
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+async def take_screenshot(ha: HomeAssistant, ws: Socket, session: aiohttp.ClientSession, path: Path) -> None:
+    """Truck 12's device page in HA's frontend, through headless Chromium's DevTools protocol.
+
+    The frontend keeps its tokens in localStorage (`hassTokens`): we put ours there, then open the page.
+    """
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("screenshot skipped: no chromium (apt-get install chromium)", flush=True)
+        return
+    await ha.finish_onboarding(session)
+    devices = await ws.call("config/device_registry/list")
+    device_id = next(d["id"] for d in devices if d["name"] == "Truck 12")
+    port = free_port()
+    browser = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not awaited
+        [chromium, *CHROMIUM_FLAGS, "--window-size=1200,1500", f"--remote-debugging-port={port}",
+         f"--user-data-dir={ha.config_dir.parent / 'chromium-profile'}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await until(lambda: _answers(session, f"http://127.0.0.1:{port}/json"), 30, "Chromium's DevTools answer")
+        async with session.get(f"http://127.0.0.1:{port}/json") as response:
+            page = next(t for t in await response.json() if t["type"] == "page")
+        async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as devtools:
+            calls = 0
+
+            async def send(method: str, **params: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                await devtools.send_json({"id": calls, "method": method, "params": params})
+                async for message in devtools:
+                    data = message.json()
+                    if data.get("id") == calls:
+                        return data.get("result")
+                raise RuntimeError("DevTools closed")
+
+            tokens = {"hassUrl": ha.url, "clientId": CLIENT, "access_token": ha.token, "refresh_token": "",
+                      "token_type": "Bearer", "expires_in": 1800, "expires": int(time.time() * 1000) + 1_500_000}
+            await send("Page.navigate", url=f"{ha.url}/manifest.json")
+            await asyncio.sleep(1)  # ok: the same-origin page loads before its localStorage is written
+            stored = json.dumps(json.dumps(tokens))
+            await send("Runtime.evaluate", expression=f"localStorage.setItem('hassTokens', {stored})")
+            await send("Page.navigate", url=f"{ha.url}/config/devices/device/{device_id}")
+            await asyncio.sleep(10)  # ok: the frontend renders its cards (no load event marks that)
+            shot = await send("Page.captureScreenshot", format="png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
+        print(f"screenshot: {path}", flush=True)
+    finally:
+        browser.terminate()
+        browser.wait(10)
+
+
+async def _answers(session: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with session.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def run_checks(workdir: Path, screenshot: Path | None = None) -> int:
     """The whole scenario; returns the number of failed checks."""
     report = Report()
     hass = ensure_ha_venv()
@@ -524,6 +597,8 @@ async def run_checks(workdir: Path) -> int:
                 return "its 14 entities and its device are gone; Truck 12 and Van 3 stay"
             await report.check("a device removed from the config disappears from HA", removed_device)
 
+            if screenshot is not None:
+                await take_screenshot(ha, ws, session, screenshot)
             await ws.close()
 
         warnings = [line for line in ha.log_path.read_text(errors="replace").splitlines()
@@ -566,11 +641,12 @@ def main() -> None:
     """Entry point of `make ha-check`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, HA config)")
+    parser.add_argument("--screenshot", type=Path, help="also save Truck 12's device page (headless Chromium)")
     args = parser.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="ha-check-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    failed = asyncio.run(run_checks(workdir))
+    failed = asyncio.run(run_checks(workdir, args.screenshot))
     print(f"{'FAILED' if failed else 'OK'}: {failed} failed check(s) in {time.monotonic() - started:.0f}s; "
           f"logs in {workdir}" if failed or args.keep else
           f"OK: every check passed in {time.monotonic() - started:.0f}s", flush=True)
