@@ -2,7 +2,7 @@
 
 A steady stream of commands (default 50/s for 300 s, round-robin over
 `--devices` GUIDs) through a private Mosquitto, the mock cloud (its own
-process) and `python -m bridge run`. Every 5 s the bridge's RSS, thread count,
+process, HTTPS) and `python -m bridge run`. Every 5 s the bridge's RSS, thread count,
 open fds and sockets and CPU are sampled from /proc; at the end it prints the
 samples, start vs end with growth in %, whether each stayed flat, and the
 end-to-end latency, lost and duplicate states. Results go to
@@ -34,6 +34,7 @@ from bench.procs import (
     ProcSample,
     bridge_config,
     machine_info,
+    make_bench_tls,
     new_workdir,
     sample,
     start_broker,
@@ -100,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         work = new_workdir(cleanup, args.keep, "capture-soak-")
         try:
             broker = start_broker(cleanup, work, "" if args.stock_broker else BROKER_TUNING)
-            cloud = MockCloudProc(cleanup, work, args.latency)
-            config = bridge_config(broker.url, cloud.base_url, work / "bridge", journal=args.journal)
+            # Over HTTPS like the real cloud: a CA made for this run, verified through cloud.ca_file.
+            tls = make_bench_tls(work)
+            cloud = MockCloudProc(cleanup, work, args.latency, tls=tls)
+            config = bridge_config(broker.url, cloud.base_url, work / "bridge", journal=args.journal,
+                                   ca_file=tls.ca_file)
             for item in args.set:
                 key, _, raw = item.partition("=")
                 node = config

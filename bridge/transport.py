@@ -236,6 +236,8 @@ class AiohttpTransport:
             trace_configs=[trace],
             auto_decompress=False,
             raise_for_status=False,
+            # The cloud sets no cookies; a real jar would be matched against every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("Accept-Encoding",),
         )
 
