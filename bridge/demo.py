@@ -76,7 +76,7 @@ def broker(workdir: Path) -> Iterator[tuple[int, str]]:
         return
     # No Mosquitto anywhere: amqtt is a pure-Python MQTT 3.1.1 broker.
     try:
-        import amqtt  # type: ignore[import-not-found]  # noqa: F401
+        import amqtt  # noqa: F401
     except ImportError:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "amqtt"], check=True)
     script = (

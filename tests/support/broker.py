@@ -7,8 +7,10 @@ Where a Docker engine answers, testcontainers' Mosquitto image is used instead
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -100,6 +102,10 @@ class Broker:
             lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
             if self.tls.require_certificate:
                 lines.append("require_certificate true")
+        if not re.search(r"^user ", self.extra, re.M):
+            # Started as root, mosquitto drops to the `mosquitto` user, which cannot write into the
+            # tests' private (0700) folders: no log and, silently, no persistence across a restart.
+            lines.append(f"user {getpass.getuser()}")
         if self.extra:
             lines.append(self.extra)
         path = self.workdir / "mosquitto.conf"
