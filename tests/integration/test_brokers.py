@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from bridge.config import MqttConfig
 from bridge.mockcloud import DEMO_PASSWORD, DEMO_USER, MockCloud
 from tests.support.bridge_proc import ROOT, BridgeProcess, deep_merge
 from tests.support.brokers import MATRIX, MatrixBroker, Unavailable
@@ -68,16 +67,14 @@ def probe_protocol(caps: Capabilities) -> MQTTProtocolVersion:
     return MQTTProtocolVersion.MQTTv5 if caps.mqtt5 else MQTTProtocolVersion.MQTTv311
 
 
-def protocol_override(broker: MatrixBroker, caps: Capabilities) -> dict[str, Any]:
-    """The bridge's MQTT settings are its defaults, except where a variant forces a protocol.
+def protocol_override(broker: MatrixBroker) -> dict[str, Any]:
+    """The bridge's MQTT settings are its defaults (`protocol: auto`), unless a variant forces one."""
+    return {"protocol": broker.force_protocol} if broker.force_protocol is not None else {}
 
-    Until the default is `auto`, a broker without MQTT 5 is told 3.1.1.
-    """
-    if broker.force_protocol is not None:
-        return {"protocol": broker.force_protocol}
-    if str(MqttConfig().protocol) != "auto" and not caps.mqtt5:
-        return {"protocol": "3.1.1"}
-    return {}
+
+def expected_protocol(broker: MatrixBroker, caps: Capabilities) -> str:
+    """The MQTT version the bridge should end up speaking to this broker."""
+    return broker.force_protocol or ("5" if caps.mqtt5 else "3.1.1")
 
 
 class MatrixBridge:
@@ -103,7 +100,7 @@ class MatrixBridge:
                 "base_topic": self.base,
                 "reconnect_min": 0.2,
                 "reconnect_max": 1.0,
-                **protocol_override(self.broker, self.caps),
+                **protocol_override(self.broker),
             },
             "cloud": {"base_url": self.cloud.url, "username": DEMO_USER, "password": DEMO_PASSWORD},
             "devices": {"truck-12": str(uuid.uuid4())},
@@ -111,12 +108,13 @@ class MatrixBridge:
             "homeassistant": {"enabled": False},
         }
 
-    def __call__(self, overrides: dict[str, Any] | None = None) -> BridgeProcess:
-        """Start a bridge process and wait until it says `online`."""
+    def __call__(self, overrides: dict[str, Any] | None = None, *, wait_online: bool = True) -> BridgeProcess:
+        """Start a bridge process and (by default) wait until it says `online`."""
         config = deep_merge(self.config(), overrides or {})
         proc = BridgeProcess(self.workdir / f"bridge{len(self.started)}", config).start()
         self.started.append(proc)
-        wait_online_state(self.probe, self.base, proc)
+        if wait_online:
+            wait_online_state(self.probe, self.base, proc)
         return proc
 
     def stop_all(self) -> None:
@@ -224,10 +222,14 @@ def test_capabilities_match_readme(matrix_broker: MatrixBroker, caps: Capabiliti
 # --- the bridge on each broker ----------------------------------------------------------------
 
 
-def test_connect_and_capture(matrix_bridge: MatrixBridge, mprobe: Probe, cloud: MockCloud) -> None:
-    """The default config connects and one capture comes back ok, by name and by GUID."""
+def test_connect_and_capture(
+    matrix_bridge: MatrixBridge, mprobe: Probe, cloud: MockCloud, matrix_broker: MatrixBroker, caps: Capabilities
+) -> None:
+    """The default config connects (MQTT 5, else 3.1.1) and one capture comes back ok, by name and by GUID."""
     bridge = matrix_bridge()
     base = matrix_bridge.base
+    version = re.escape(expected_protocol(matrix_broker, caps))
+    assert re.search(rf"connected to \S+ \(MQTT {version}[,;]", bridge.log_text()), bridge.log_text()
     guid = str(uuid.uuid4())
     for device in ("truck-12", guid):
         mprobe.subscribe(f"{base}/{device}/capture/state")
@@ -348,3 +350,31 @@ def test_broker_restart_mid_burst(
             "no capture is executed twice because of the restart"
     finally:
         after.close()
+
+
+def test_shared_group(
+    matrix_bridge: MatrixBridge, mprobe: Probe, matrix_broker: MatrixBroker, caps: Capabilities
+) -> None:
+    """`mqtt.shared_group` works where the broker honours $share; elsewhere one ERROR says so, never a deaf `online`."""
+    overrides = {"mqtt": {"shared_group": "capture"}}
+    base = matrix_bridge.base
+    if caps.shared_subscriptions:
+        matrix_bridge(overrides)
+        mprobe.subscribe(f"{base}/+/capture/state")
+        mprobe.publish(f"{base}/truck-12/capture/set", {"request_id": "shared"})
+        assert mprobe.final_states(f"{base}/truck-12/capture/state", timeout=20)[0]["status"] == "ok"
+        return
+    if matrix_broker.product == "amqtt":
+        # Known bridge bug, reported: amqtt grants $share/... as a plain filter and drops the
+        # bridge's check message (a client may not publish to `$` topics), so the bridge reads the
+        # silence as "honoured" and says `online` while deaf. Remove this skip once it is fixed.
+        pytest.skip("bridge bug: the $share check passes on amqtt, which drops the check message")
+    topic = f"{base}/bridge/state"
+    mprobe.subscribe(topic)
+    bridge = matrix_bridge(overrides, wait_online=False)
+    bridge.wait_log("mqtt.shared_group", timeout=30)
+    line = next(x for x in bridge.log_text().splitlines() if "mqtt.shared_group" in x)
+    assert " ERROR " in line, line
+    # Whatever it said on the way, the bridge's availability ends as not online.
+    wait_until(lambda: [m.payload for m in mprobe.on_topic(topic)][-1:] != [b'{"state":"online"}'], 15,
+               "bridge/state not online")

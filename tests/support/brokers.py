@@ -307,6 +307,10 @@ class AmqttBroker(MatrixBroker):
     """amqtt (the `amqtt` dev dependency) with its default, in-memory, session store."""
 
     product = "amqtt"
+    # amqtt 0.12 never answers an MQTT 5 CONNECT (no CONNACK, no close), and the bridge's
+    # `protocol: auto` takes that silence for "not an MQTT broker" instead of trying 3.1.1.
+    # Until the bridge falls back on silence too, this broker gets 3.1.1 explicitly.
+    force_protocol = "3.1.1"
 
     def installed_version(self) -> str:
         try:
