@@ -139,15 +139,23 @@ class SettingsStore:
         self.limits = limits
         self._config = {device: fallback(d, limits) for device, d in config_defaults.items()}
         self._default = built_in(limits)
+        self._default_current = effective({}, self._default)
         self._choices: dict[str, Settings] = {}
+        # current() runs for every command: computed once per device until its choices change.
+        self._current: dict[str, Settings] = {}
 
     def fallback_of(self, device: str) -> Settings:
         """Config defaults over the built-in, for one device."""
         return self._config.get(device, self._default)
 
     def current(self, device: str) -> Settings:
-        """Every field the device uses now."""
-        return effective(self._choices.get(device, {}), self.fallback_of(device))
+        """Every field the device uses now (do not modify the returned mapping)."""
+        found = self._current.get(device)
+        if found is None:
+            if device not in self._choices and device not in self._config:
+                return self._default_current  # any id may come: not one cache entry each
+            found = self._current[device] = effective(self._choices.get(device, {}), self.fallback_of(device))
+        return found
 
     def devices(self) -> list[str]:
         """Devices with choices of their own."""
@@ -167,6 +175,7 @@ class SettingsStore:
         """Take back a snapshot; returns what was wrong with it (fields a newer config refuses are dropped)."""
         problems: list[str] = []
         self._choices.clear()
+        self._current.clear()
         if not payload:
             return problems
         try:
@@ -189,6 +198,7 @@ class SettingsStore:
         return problems
 
     def _set(self, device: str, choices: Settings) -> None:
+        self._current.pop(device, None)
         if choices:
             self._choices[device] = choices
         else:
