@@ -229,6 +229,21 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         else:
             held.append(command)
 
+    def on_retained_command(device: str, payload: bytes) -> None:
+        # On 3.1.1 (and brokers that do not keep the flag) a retained command published while we
+        # were down reaches our resumed session as a live message, before the retained copy our
+        # SUBSCRIBE brings. Both arrive while commands are held at start: the live copy is the
+        # same stale command, so it is dropped too.
+        nonlocal held
+        if not held:
+            return
+        kept = [c for c in held if c.device != device or c.payload != payload]
+        if len(kept) < len(held):
+            log.warning("dropped %d queued copy(ies) of the retained command on %s: retained commands are never "
+                        "executed (the broker queued it for our session without its retain flag)",
+                        len(held) - len(kept), topics.command_topic(base, device), extra={"device": device})
+            held = kept
+
     def on_synced(_payload: bytes = b"") -> None:
         nonlocal held
         if held is None:
@@ -271,6 +286,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         on_command,
         on_connected=on_connected,
         on_disconnected=lambda: metrics.set_connected(False),
+        on_retained_command=on_retained_command,
         before_ack=lambda: service.flush(),
         handlers=handlers,
         filter_handlers=filter_handlers,

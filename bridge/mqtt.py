@@ -161,6 +161,7 @@ class MqttAdapter:
         *,
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
+        on_retained_command: Callable[[str, bytes], None] | None = None,
         before_ack: Callable[[], bool] | None = None,
         handlers: dict[str, Callable[[bytes], None]] | None = None,
         filter_handlers: dict[str, Callable[[str, bytes, bool], None]] | None = None,
@@ -171,6 +172,7 @@ class MqttAdapter:
         self._on_command = on_command
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
+        self._on_retained_command = on_retained_command
         self._before_ack = before_ack
         self._pending_acks: list[tuple[int, int]] = []
         self._handlers = dict(handlers or {})
@@ -563,6 +565,8 @@ class MqttAdapter:
                 # A retained command is stale: a restart must not fire old captures.
                 log.warning("ignored a retained command on %s (retained commands are never executed)", topic,
                             extra={"device": device})
+                if self._on_retained_command is not None:
+                    self._on_retained_command(device, bytes(message.payload))
                 return
             response_topic: str | None = None
             correlation: bytes | None = None

@@ -491,3 +491,31 @@ def test_debug_log_follows_a_command(start_bridge: StartBridge, probe: Probe, ba
     published = log_lines(bridge, f"state published on {base_topic}/truck-12/capture/state")
     assert published
     assert "retained" in published[-1]
+
+
+# --- 10. a retained command queued for the session while the bridge was down is not executed -----
+
+
+def test_retained_command_queued_while_down_is_not_executed_on_311(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    overrides = {"mqtt": {"protocol": "3.1.1"}}
+    first = start_bridge(overrides)
+    assert first.stop() == 0
+    command_topic = f"{base_topic}/truck-12/capture/set"
+    state_topic = f"{base_topic}/truck-12/capture/state"
+    probe.subscribe(state_topic)
+    guid = GUIDS[Behaviour.OK]
+    before = len(cloud.instructions_for(guid))
+    # Published retained while the bridge is down: the broker keeps it as the retained message
+    # AND queues it for the bridge's persistent session, where 3.1.1 delivers it without the flag.
+    probe.publish(command_topic, {"request_id": "stale"}, retain=True)
+    try:
+        second = start_bridge(overrides)
+        second.wait_log("dropped 1 queued copy(ies) of the retained command", timeout=10)
+        # A live command after it is answered: the bridge runs, and the stale one got no state.
+        assert send(probe, base_topic, "truck-12", {"request_id": "live"})["request_id"] == "live"
+        assert [m.json()["request_id"] for m in probe.on_topic(state_topic)] == ["live"]
+        assert len(cloud.instructions_for(guid)) == before + 1
+    finally:
+        probe.publish(command_topic, b"", retain=True)  # clear it
