@@ -199,6 +199,7 @@ class MqttAdapter:
         self._refused_code: int | None = None
         self._answered = asyncio.Event()  # a CONNACK came, accepting or refusing
         self._peer: str | None = None  # what a peer that is no MQTT broker sent
+        self._silent = False  # the last attempt got no answer at all within connect_timeout
         self._last_error: str | None = "not connected yet"
         self._connected_at = 0.0
         self._drop_reason: str | None = None
@@ -778,6 +779,7 @@ class MqttAdapter:
             answered.cancel()
             dropped.cancel()
         if not self._answered.is_set() and not self._disconnected.is_set():
+            self._silent = True
             self._peer = (f"received nothing within {self._config.connect_timeout:g}s of our MQTT CONNECT — "
                           "not an MQTT broker, or a TLS port (use an mqtts:// URL)")
             self.client._loop_rc_handle(paho.MQTT_ERR_PROTOCOL)
@@ -786,6 +788,11 @@ class MqttAdapter:
         """After a close without CONNACK: log why; True when MQTT 3.1.1 should be tried at once."""
         cfg = self._config
         where = f"broker {cfg.host}:{cfg.port}"
+        if self._silent and self._v5 and self._auto:
+            # Some brokers (amqtt 0.12) never answer an MQTT 5 CONNECT at all.
+            log.info("%s did not answer an MQTT 5 CONNECT within %gs; trying MQTT 3.1.1", where,
+                     cfg.connect_timeout)
+            return True
         if self._peer is not None:
             self._last_error = f"{where}: {self._peer}"
         elif self._v5 and self._auto:
@@ -832,6 +839,7 @@ class MqttAdapter:
             self._answered.clear()
             self._refused = self._refused_code = None
             self._peer = None
+            self._silent = False
             self._drop_reason = None
             self._taken_over = self._drop_lost = False
             accepted = self.connect_count
@@ -872,7 +880,9 @@ class MqttAdapter:
                     self._fell_back = True
                     self._use_protocol(False)
                     continue
-                elif self._refused is None and self._auto and self._fell_back and self._peer is None:
+                elif self._refused is None and self._auto and self._fell_back and (
+                    self._peer is None or self._silent
+                ):
                     # 3.1.1 was closed too: not a protocol matter after all; MQTT 5 again next time.
                     self._fell_back = False
                     self._use_protocol(True)

@@ -37,6 +37,7 @@ from tests.integration.test_ecosystem import (
 )
 from tests.support.bridge_proc import BridgeProcess, deep_merge
 from tests.support.broker import Broker, free_port, wait_port
+from tests.support.brokers import AmqttBroker, RabbitMqBroker, Unavailable
 from tests.support.probe import Probe
 from tests.support.tls import broker_extra
 
@@ -519,3 +520,57 @@ def test_retained_command_queued_while_down_is_not_executed_on_311(
         assert len(cloud.instructions_for(guid)) == before + 1
     finally:
         probe.publish(command_topic, b"", retain=True)  # clear it
+
+
+def test_auto_falls_back_to_311_when_the_broker_ignores_mqtt5(
+    cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    try:
+        amqtt = AmqttBroker(tmp_path / "amqtt")
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    amqtt.start()
+    try:
+        config = bridge_config(Broker(tmp_path / "unused"), cloud, base_topic, tmp_path)
+        config["mqtt"].update(url=f"mqtt://127.0.0.1:{amqtt.port}", connect_timeout=2)
+        probe = Probe(amqtt.port, protocol=MQTTProtocolVersion.MQTTv311)
+        try:
+            probe.subscribe(f"{base_topic}/bridge/state")
+            with running_bridge(tmp_path / "bridge", config) as bridge:
+                probe.wait_for(lambda m: m.topic == f"{base_topic}/bridge/state" and m.payload == ONLINE,
+                               timeout=20)
+                assert log_lines(bridge, "did not answer an MQTT 5 CONNECT within 2s; trying MQTT 3.1.1")
+                assert "MQTT 3.1.1, auto: the broker refused MQTT 5" in log_lines(bridge, "connected to")[0]
+                assert " ERROR " not in bridge.log_text()
+        finally:
+            probe.close()
+    finally:
+        amqtt.close()
+
+
+def test_a_broker_closing_on_mqtt5_is_named_without_a_tls_hint(
+    cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    """RabbitMQ 3.10 closes the socket on an MQTT 5 CONNECT: auto falls back; forced 5 names mqtt.protocol."""
+    try:
+        rabbit = RabbitMqBroker(tmp_path / "rabbitmq")
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    rabbit.start()
+    try:
+        config = bridge_config(Broker(tmp_path / "unused"), cloud, base_topic, tmp_path)
+        config["mqtt"]["url"] = f"mqtt://127.0.0.1:{rabbit.port}"
+        with running_bridge(tmp_path / "auto", config) as bridge:
+            bridge.wait_log("connected to", timeout=20)
+            assert log_lines(bridge, "closed the connection without answering an MQTT 5 CONNECT; trying MQTT 3.1.1")
+            assert "MQTT 3.1.1, auto" in log_lines(bridge, "connected to")[0]
+        config["mqtt"]["protocol"] = "5"
+        with running_bridge(tmp_path / "forced", config) as bridge:
+            bridge.wait_log("without answering an MQTT 5 CONNECT", timeout=20)
+            line = log_lines(bridge, "without answering an MQTT 5 CONNECT")[0]
+        assert " ERROR " in line
+        assert "mqtt.protocol" in line
+        assert "TLS" not in line
+        assert "mqtts" not in line
+    finally:
+        rabbit.close()
