@@ -37,8 +37,11 @@ from tests.support.probe import Probe
 
 HA_VERSION = "2025.4.4"
 # The requirements of the MQTT integration and of the frontend (without which HA starts in recovery
-# mode), from their manifest.json: installed with HA, so HA runs with --skip-pip, offline.
-HA_REQUIREMENTS = [f"homeassistant=={HA_VERSION}", "paho-mqtt==2.1.0", "home-assistant-frontend==20250411.0"]
+# mode), from their manifest.json, and of HA's check_config script: installed with HA, so HA runs
+# with --skip-pip, offline.
+HA_REQUIREMENTS = [f"homeassistant=={HA_VERSION}", "paho-mqtt==2.1.0", "home-assistant-frontend==20250411.0",
+                   "colorlog==6.8.2"]
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "home-assistant.yaml"
 HA_PYTHON = os.environ.get("HA_PYTHON", "/root/.pyenv/versions/3.13.0/bin/python")
 HA_VENV = Path(os.environ.get("HA_VENV", f"~/.cache/capture-bridge/ha-{HA_VERSION}")).expanduser()
 
@@ -72,6 +75,8 @@ def ensure_ha_venv() -> Path:
     marker = HA_VENV / ".ha-check-ready"
     if hass.exists() and marker.exists() and marker.read_text() == " ".join(HA_REQUIREMENTS):
         return hass
+    if not HA_VENV.exists() and not Path(HA_PYTHON).exists():
+        raise SystemExit(f"ha-check: {HA_PYTHON} not found: set HA_PYTHON to a Python 3.13 interpreter")
     print(f"creating {HA_VENV} with {' '.join(HA_REQUIREMENTS)} on {HA_PYTHON} (takes a few minutes) ...",
           flush=True)
     if not HA_VENV.exists():
@@ -293,6 +298,23 @@ class Report:
         return self.line(True, name, detail)
 
 
+def check_example(workdir: Path) -> list[str]:
+    """examples/home-assistant.yaml through HA's check_config; the problems it reports."""
+    config_dir = workdir / "example-config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "configuration.yaml").write_text(
+        "homeassistant:\n  name: example\n  time_zone: UTC\nmqtt:\n" + EXAMPLE.read_text()
+    )
+    done = subprocess.run([str(HA_VENV / "bin" / "hass"), "--script", "check_config", "-c", str(config_dir)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    output = done.stdout + done.stderr
+    # Automations and scripts with errors are reported as ERROR lines, not by the exit status.
+    problems = [line for line in output.splitlines() if line.startswith("ERROR") or "Invalid config" in line]
+    if done.returncode != 0:
+        problems.append(f"check_config exited {done.returncode}")
+    return problems
+
+
 def validate_with_ha(configs: dict[str, bytes]) -> list[str]:
     """Each discovery payload through HA's own DISCOVERY_SCHEMA; problems (a refused or dropped key)."""
     script = r"""
@@ -426,6 +448,12 @@ async def run_checks(workdir: Path, screenshot: Path | None = None) -> int:
             assert not problems, "; ".join(problems[:5])
             return f"{len(configs)} payloads, HA {HA_VERSION} keeps every key"
         await report.check("discovery payloads pass HA's own MQTT schemas", schemas)
+
+        async def example() -> str:
+            problems = await asyncio.to_thread(check_example, workdir)
+            assert not problems, "; ".join(problems[:3])
+            return "its automations and scripts load without errors"
+        await report.check("examples/home-assistant.yaml passes HA's check_config", example)
 
         ha.start()
         async with aiohttp.ClientSession() as session:

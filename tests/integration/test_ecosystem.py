@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import __version__
 from bridge.mockcloud import Behaviour, MockCloud
 from tests.conftest import GUIDS, bridge_config
 from tests.support.bridge_proc import BridgeProcess, deep_merge
@@ -238,6 +239,21 @@ def test_settings_shape_the_next_capture_and_survive_a_restart(
     )[-1].json()
     assert state["request"]["FCount"] == 3
     assert state["request"]["FResolution"] == 1  # the config's default, never chosen otherwise
+
+
+def test_bridge_info_shows_captures_in_flight(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    info_topic = f"{base_topic}/bridge/info"
+    probe.subscribe(info_topic)
+    start_bridge({"cloud": {"read_timeout": 15.0}})
+    first = probe.wait_for(on_topic(info_topic), timeout=10)[-1].json()
+    assert first == {"version": __version__, "in_flight": 0, "backlog": 0}
+    cloud.latency = 6.0  # longer than the info interval (5 s)
+    probe.publish(f"{base_topic}/truck-12/capture/set", {"request_id": "slow-1"}, qos=1)
+    probe.publish(f"{base_topic}/truck-12/capture/set", {"request_id": "slow-2"}, qos=1)
+    busy = probe.wait_for(lambda m: m.topic == info_topic and m.json()["in_flight"] == 1, timeout=10)[-1]
+    assert busy.json()["backlog"] == 1  # the second waits for the first: one capture per device at a time
 
 
 def test_devices_removed_from_the_config_leave_home_assistant(
