@@ -574,3 +574,13 @@ def test_a_broker_closing_on_mqtt5_is_named_without_a_tls_hint(
         assert "mqtts" not in line
     finally:
         rabbit.close()
+
+
+def test_shared_group_on_mosquitto_is_verified_without_a_false_alarm(
+    start_bridge: StartBridge, probe: Probe, base_topic: str
+) -> None:
+    bridge = start_bridge({"mqtt": {"shared_group": "grp"}}, args=("--log-level", "DEBUG"))
+    bridge.wait_log("shared subscription honoured", timeout=15)
+    noisy = [line for line in bridge.log_text().splitlines() if " ERROR " in line or " WARNING " in line]
+    assert not noisy, noisy
+    assert send(probe, base_topic, "truck-12", {})["status"] == "ok"

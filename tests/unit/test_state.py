@@ -11,7 +11,7 @@ import pytest
 
 from bridge.cloud import DeviceReply, InstructionReply
 from bridge.errors import CloudError, ErrorCode, InvalidCommand, UnknownDevice
-from bridge.state import Context, encode, error_state, pending_state, reply_state, utc_timestamp
+from bridge.state import Context, encode, error_state, pending_state, reply_state, retained, utc_timestamp
 
 SPEC_KEYS = {
     "status",
@@ -175,3 +175,26 @@ def test_encode_round_trip() -> None:
     assert json.loads(raw) == state
     assert b" " not in raw.replace(b"ins send ok", b"")  # compact separators
     assert "kamera-ü".encode() in raw  # UTF-8, not \\u escapes
+
+
+@pytest.mark.parametrize(
+    ("ctx", "error", "expected"),
+    [
+        (Context("truck-12", "a64b2e58-9305-4a01-9c51-092205123945"), None, True),
+        (Context("truck-12", "a64b2e58-9305-4a01-9c51-092205123945"), InvalidCommand("bad"), True),
+        (Context("truck-1Z"), UnknownDevice("not configured"), False),
+        (Context("truck-1Z"), InvalidCommand("bad"), False),  # never named a real device either
+        (Context("a64b2e58-9305-4a01-9c51-092205123945", "a64b2e58-9305-4a01-9c51-092205123945"),
+         CloudError(ErrorCode.NO_SUCH_DEVICE, "no such device", result=106), False),
+        # Text that looks like the markers inside a message does not count: quotes are escaped there.
+        (Context("truck-12", "a64b2e58-9305-4a01-9c51-092205123945"),
+         InvalidCommand('"asset_guid":null "error":"unknown_device"'), True),
+    ],
+)
+def test_retained_only_for_a_real_device_as_dict_and_as_bytes(
+    ctx: Context, error: Exception | None, expected: bool
+) -> None:
+    state = error_state(ctx, error) if isinstance(error, CloudError | InvalidCommand | UnknownDevice) \
+        else pending_state(ctx)
+    assert retained(state) is expected
+    assert retained(encode(state)) is expected
