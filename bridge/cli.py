@@ -18,12 +18,13 @@ import click
 
 from bridge import __version__
 from bridge import state as states
-from bridge.app import install_signal_handlers, limits_of, make_http, raise_fd_limit, run_bridge
+from bridge.app import cloud_ssl_context, install_signal_handlers, limits_of, make_http, raise_fd_limit, run_bridge
 from bridge.cloud import CloudClient
 from bridge.command import FIELDS, decode_payload, parse_command, request_id_of
 from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import redact, setup_logging
+from bridge.mqtt import tls_context
 from bridge.service import resolve_device
 
 EXIT_CONFIG = 2
@@ -192,6 +193,13 @@ def check_config(config_path: str | None) -> None:
     problem = journal_problem(config)
     if problem is not None:
         _fail(f"config error: {problem}")
+    try:
+        # The same files `run` reads at start (CA bundles, client certificate).
+        if config.mqtt.tls:
+            tls_context(config.mqtt)
+        cloud_ssl_context(config.cloud)
+    except ConfigError as exc:
+        _fail(f"config error: {exc}")
     # JSON: readable, and parseable by both JSON and YAML tools.
     click.echo(json.dumps(config.masked(), indent=2, ensure_ascii=False))
 

@@ -40,6 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge import topics
 from bridge.command import request_id_of
 from bridge.config import MqttConfig
+from bridge.errors import ConfigError
 from bridge.logs import redact
 from bridge.service import Command
 
@@ -140,11 +141,25 @@ def response_topic_refusal(topic: str, allowed: Sequence[str], denied: Sequence[
     return None
 
 
+def _why(exc: OSError | ssl.SSLError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)
+
+
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
     """TLS for mqtts://: system CAs or `ca_file`, optional client certificate, `tls_insecure` to skip checks."""
-    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    # Raises ConfigError naming the key: a missing or unreadable file is the user's to fix (exit 2).
+    try:
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"mqtt.ca_file: cannot use {config.ca_file} as a CA bundle: {_why(exc)}") from None
     if config.cert_file is not None:
-        context.load_cert_chain(str(config.cert_file), str(config.key_file) if config.key_file else None)
+        for key, path in (("mqtt.cert_file", config.cert_file), ("mqtt.key_file", config.key_file)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{key}: no such file: {path}")
+        try:
+            context.load_cert_chain(str(config.cert_file), str(config.key_file) if config.key_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"mqtt.cert_file / mqtt.key_file: cannot load {config.cert_file}: {_why(exc)}") from None
     if config.tls_insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -419,6 +419,8 @@ def test_mock_cloud_on_a_busy_port_is_one_line() -> None:
     ("cloud:\n  token: t\nmqtt:\n  base_topic: /devices\n", ("mqtt.base_topic", "'devices'")),
     ("cloud:\n  token: t\nmqtt:\n  password: 123456\n", ("mqtt.password", "quote it")),
     ("cloud:\n  token: t\n   oops: 1\n", ("line 3", "mapping values are not allowed")),
+    ("cloud:\n  token: t\nbridge:\n  journal: false\nmqtt:\n  url: mqtts://127.0.0.1:8883\n  ca_file: /nope/ca.pem\n",
+     ("mqtt.ca_file", "/nope/ca.pem")),
 ])
 @pytest.mark.parametrize("command", ["run", "check-config"])
 def test_config_mistakes_are_refused_by_check_config_and_run_alike(
