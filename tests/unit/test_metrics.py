@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bridge.metrics import Health as HealthReport
 from bridge.metrics import Metrics, MetricsServer
 from bridge.service import Observer
 
@@ -201,3 +202,23 @@ def test_stop_closes_the_port_and_is_idempotent(health: Health) -> None:
     srv.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_healthz_reports_reasons_and_the_cloud_apart() -> None:
+    report = [HealthReport((), "login ok as demo")]
+    srv = MetricsServer(Metrics(), "127.0.0.1", 0, lambda: report[0])
+    srv.start()
+    try:
+        url = f"http://127.0.0.1:{srv.port}/healthz"
+        assert get(url)[0] == 200
+        assert json.loads(get(url)[2]) == {"status": "ok", "mqtt": "ok", "cloud": "login ok as demo"}
+        # The cloud failing alone never makes it 503: a restart cannot fix a password.
+        report[0] = HealthReport((), "login_failed: login refused (Result 103)")
+        assert get(url)[0] == 200
+        report[0] = HealthReport(("the broker refused the subscription to devices/+/capture/set",), "unknown")
+        status, _, body = get(url)
+        assert status == 503
+        assert json.loads(body) == {"status": "unhealthy", "mqtt": [
+            "the broker refused the subscription to devices/+/capture/set"], "cloud": "unknown"}
+    finally:
+        srv.stop()
