@@ -266,6 +266,8 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         if held is not None:
             adapter.publish(sync_topic, b"sync", qos=1)
             loop.call_later(SYNC_TIMEOUT, sync_overdue)
+        else:
+            companion.on_reconnected()
         companion.publish_info(service.in_flight, service.backlog, force=True)
         announcer.request()
 

@@ -101,6 +101,15 @@ class Companion:
         for device in dict.fromkeys([*self._config.devices, *self.store.devices()]):
             self._publish_settings(device)
 
+    def on_reconnected(self) -> None:
+        """Connected again after the first sync: publish what a broker that lost its retained store needs."""
+        if not self.synced:
+            return
+        if self.store.devices():
+            self._publish(topics.bridge_settings_topic(self._base), self.store.snapshot(), True)
+        for device in dict.fromkeys([*self._config.devices, *self.store.devices()]):
+            self._publish_settings(device)
+
     # --- bridge info ------------------------------------------------------------------
 
     def publish_info(self, in_flight: int, backlog: int, *, force: bool = False) -> None:

@@ -144,3 +144,15 @@ def test_homeassistant_online_announces_again() -> None:
     assert sent == []
     companion.on_homeassistant_status(b"online")
     assert len(sent) == 18
+
+
+def test_a_reconnect_publishes_settings_again_for_a_broker_that_lost_them() -> None:
+    companion, sent = make()
+    companion.on_reconnected()
+    assert sent == []  # before the first sync there is nothing of ours to restore
+    companion.on_synced()
+    companion.on_settings_set("devices/truck-12/capture/settings/set", b'{"count":4}', False)
+    sent.clear()
+    companion.on_reconnected()
+    assert on(sent, "devices/bridge/settings") == [{"truck-12": {"count": 4}}]
+    assert on(sent, "devices/truck-12/capture/settings")[0]["count"] == 4
