@@ -197,8 +197,9 @@ def _availability(base: str) -> list[dict[str, Any]]:
 
 def _entity_ids(device_part: str, entity: Entity) -> dict[str, Any]:
     slug = _slug(f"{device_part}_{entity.key}")
-    # HA before 2025.10 takes the entity id from `object_id` (and drops `default_entity_id`);
-    # later versions take `default_entity_id` and ignore `object_id` when both are given.
+    # HA before 2025.10 takes the entity id from `object_id` (its schema drops `default_entity_id`);
+    # from 2025.10 `default_entity_id` wins and, when present, HA does not warn about `object_id`
+    # (which stops working in 2026.4). zigbee2mqtt sends both the same way.
     return {"object_id": slug, "default_entity_id": f"{entity.component}.{slug}"}
 
 
