@@ -26,6 +26,7 @@ from bridge.errors import BridgeError, ConfigError
 from bridge.logs import redact, setup_logging
 from bridge.mqtt import tls_context
 from bridge.service import resolve_device
+from bridge.settings import SettingsStore, with_settings
 
 EXIT_CONFIG = 2
 
@@ -172,7 +173,10 @@ async def _capture_once(
         for key, value in options.items():
             data.pop(FIELDS.get(key, key), None)
             data[key] = value
-        command = parse_command(data, limits_of(config))
+        # The config's per-device defaults fill what is left out (the settings chosen over MQTT live
+        # on the broker, which this command does not contact).
+        store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
+        command = parse_command(with_settings(data, store.current(device)), limits_of(config))
         # The same state as over MQTT for an unknown device: it echoes the validated request.
         ctx = states.Context(device, None, command.request_id, command.api_params())
         guid = resolve_device(device, devices, config.bridge.guid_topic_ids)

@@ -314,6 +314,18 @@ def test_capture_cli_ok(tmp_path: Any, cloud: MockCloud) -> None:
     assert state["request"]["FDuration"] == 7
 
 
+def test_capture_cli_uses_the_config_defaults_of_the_device(tmp_path: Any, cloud: MockCloud) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"cloud": {"base_url": cloud.url, "username": "demo", "password": DEMO_PASSWORD},
+                               "devices": {"truck-12": {"guid": GUIDS[Behaviour.OK],
+                                                        "defaults": {"resolution": "1080p", "count": 2}}}}))
+    result = subprocess.run([sys.executable, "-m", "bridge", "capture", "truck-12", "--count", "3", "--config",
+                             str(cfg)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    request = json.loads(result.stdout)["request"]
+    assert (request["FResolution"], request["FCount"]) == (3, 3)  # the default, and the option over it
+
+
 def test_capture_cli_error_exit(tmp_path: Any, cloud: MockCloud) -> None:
     result = _capture_cli(tmp_path, cloud, "off")
     assert result.returncode == 1
