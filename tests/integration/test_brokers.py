@@ -108,9 +108,15 @@ class MatrixBridge:
             "homeassistant": {"enabled": False},
         }
 
-    def __call__(self, overrides: dict[str, Any] | None = None, *, wait_online: bool = True) -> BridgeProcess:
-        """Start a bridge process and (by default) wait until it says `online`."""
-        config = deep_merge(self.config(), overrides or {})
+    def __call__(
+        self, overrides: dict[str, Any] | None = None, *, wait_online: bool = True, quick: bool = True
+    ) -> BridgeProcess:
+        """Start a bridge process and (by default) wait until it says `online`.
+
+        `quick=False` leaves out the broker's `quick_settings`: the bridge's MQTT defaults, all of them.
+        """
+        config = deep_merge(self.config(), self.broker.quick_settings if quick else {})
+        config = deep_merge(config, overrides or {})
         proc = BridgeProcess(self.workdir / f"bridge{len(self.started)}", config).start()
         self.started.append(proc)
         if wait_online:
@@ -226,7 +232,7 @@ def test_connect_and_capture(
     matrix_bridge: MatrixBridge, mprobe: Probe, cloud: MockCloud, matrix_broker: MatrixBroker, caps: Capabilities
 ) -> None:
     """The default config connects (MQTT 5, else 3.1.1) and one capture comes back ok, by name and by GUID."""
-    bridge = matrix_bridge()
+    bridge = matrix_bridge(quick=False)
     base = matrix_bridge.base
     version = re.escape(expected_protocol(matrix_broker, caps))
     assert re.search(rf"connected to \S+ \(MQTT {version}[,;]", bridge.log_text()), bridge.log_text()
