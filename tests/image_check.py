@@ -39,6 +39,7 @@ from tests.support.probe import Probe
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yml"
+SCALE_OUT = ROOT / "docker" / "compose.scale-out.yml"
 PROJECT = "capture-bridge-check"
 BASE = "devices"
 # The mock cloud holds every Instruction this long, like the real cloud waiting for a device.
@@ -120,9 +121,10 @@ class Engine:
     name: str
     compose_cmd: list[str]
     version: str
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return run([self.name, *args], check=check, timeout=timeout)
+        return run([self.name, *args], env=self.env, check=check, timeout=timeout)
 
     def inspect(self, ref: str, kind: str = "container") -> dict[str, Any]:
         data = json.loads(self("inspect", "--type", kind, ref).stdout)
@@ -133,8 +135,21 @@ class Engine:
         return self("image", "inspect", ref, check=False).returncode == 0
 
 
+def apt_install(packages: list[str], why: str) -> None:
+    """Install Debian packages the check needs, where this is a Debian machine and we are root."""
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        raise SystemExit(f"image-check: {why}: install {' '.join(packages)}")
+    Report.note(f"{why}: apt-get install {' '.join(packages)}")
+    run(["apt-get", "update", "-qq"], timeout=900)
+    run(["apt-get", "install", "-y", "-qq", *packages], env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        timeout=1800)
+
+
 def find_engine() -> Engine:
-    if shutil.which("docker") and run(["docker", "info"], check=False, timeout=30).returncode == 0:
+    docker = bool(shutil.which("docker")) and run(["docker", "info"], check=False, timeout=30).returncode == 0
+    if not docker and not shutil.which("podman"):
+        apt_install(["podman", "runc", "uidmap", "slirp4netns"], "no Docker engine answers and Podman is missing")
+    if docker:
         version = run(["docker", "version", "--format", "{{.Server.Version}}"]).stdout.strip()
         return Engine("docker", ["docker", "compose"], f"Docker {version}")
     if shutil.which("podman") and run(["podman", "info"], check=False, timeout=60).returncode == 0:
@@ -153,6 +168,26 @@ def find_engine() -> Engine:
 # -- base images --------------------------------------------------------------------------------
 
 
+def podman_limits(engine: Engine, image: str) -> None:
+    """Run a trivial container; where Podman's default rlimits exceed this machine's hard limits
+    (its containers then fail to start), use a containers.conf that asks for what the machine has."""
+    probe = engine("run", "--rm", "--network", "none", "--entrypoint", "true", image, check=False, timeout=120)
+    if probe.returncode == 0 or "rlimit" not in probe.stderr:
+        return
+    import resource
+
+    nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 20)
+    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 1 << 15)
+    conf = Path(tempfile.gettempdir()) / "capture-bridge-image-check.containers.conf"
+    runtime = '[engine]\nruntime = "runc"\n' if shutil.which("runc") else ""
+    conf.write_text(f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
+                    f"{runtime}", encoding="utf-8")
+    engine.env["CONTAINERS_CONF"] = str(conf)
+    Report.note(f"podman cannot start containers with its default rlimits here; using CONTAINERS_CONF={conf} "
+                f"(nofile {nofile}, nproc {nproc}{', runtime runc' if runtime else ''})")
+    engine("run", "--rm", "--network", "none", "--entrypoint", "true", image, timeout=120)
+
+
 def debian_mirror() -> str:
     """The Debian mirror apt uses on this machine (the stand-ins come from the same place)."""
     texts = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
@@ -168,7 +203,7 @@ def debian_mirror() -> str:
 def build_standin(engine: Engine, tag: str, packages: list[str], hooks: list[str], changes: list[str]) -> None:
     """Debian bookworm with `packages`, imported as `tag`."""
     if not shutil.which("mmdebstrap"):
-        raise SystemExit("image-check: no registry and no mmdebstrap to build a stand-in (apt-get install mmdebstrap)")
+        apt_install(["mmdebstrap"], "no registry reachable and no mmdebstrap to build a stand-in")
     with tempfile.TemporaryDirectory(prefix="standin-") as tmp:
         tar = Path(tmp) / "rootfs.tar"
         run(["mmdebstrap", "--variant=apt", "--include=" + ",".join(packages),
@@ -463,6 +498,7 @@ def check_stop_during_capture(report: Report, stack: Stack, grace: float) -> Non
 
 def check_down_up(report: Report, stack: Stack) -> None:
     stack.compose("down")
+    stack.posts = 0  # a new mock cloud numbers from 1 again
     volumes = stack.engine("volume", "ls", "--format", "{{.Name}}").stdout.split()
     kept = sorted(v for v in volumes if v.startswith(PROJECT))
     named = f"{PROJECT}_broker-data" in kept
@@ -482,6 +518,52 @@ def check_down_up(report: Report, stack: Stack) -> None:
             state = {}
     report.check("down + up keeps the bridge's session (command published while it was down -> state)",
                  state.get("status") == "ok", f"status {state.get('status')}")
+
+
+def member_ok_commands(stack: Stack, service: str) -> int:
+    """How many commands one bridge finished ok, from its own /metrics inside its container."""
+    code = ("import re, urllib.request as u\n"
+            "t = u.urlopen('http://127.0.0.1:9108/metrics', timeout=3).read().decode()\n"
+            "ok = re.findall(r'^capture_bridge_commands_total\\{[^}]*status=\"ok\"[^}]*\\} (\\S+)$', t, re.M)\n"
+            "print(sum(float(v) for v in ok))")
+    out = stack.exec_python(service, code).stdout.strip()
+    return int(float(out)) if out else -1
+
+
+def check_scale_out_run(report: Report, stack: Stack) -> None:
+    """The scale-out override for real: each command runs once, on one of the members."""
+    stack.compose("down")
+    stack.posts = 0  # a new mock cloud numbers from 1 again
+    stack.files = [*stack.files, str(SCALE_OUT)]  # from here on, `down` removes the extra members too
+    stack.compose("up", "-d")
+    members = ["bridge", "bridge-b", "bridge-c"]
+    healthz = "import urllib.request as u; u.urlopen('http://127.0.0.1:9108/healthz', timeout=3)"
+    for member in members:
+        def connected(member: str = member) -> bool:
+            return stack.exec_python(member, healthz).returncode == 0
+
+        stack.wait_until(f"{member} connected", connected, 90)
+    devices = [guid() for _ in range(6)]
+    with probe_on(stack.broker_port) as probe:
+        before = stack.posts
+        for n, device in enumerate(devices):
+            command(probe, device, f"shared-{n}")
+        deadline = time.monotonic() + LATENCY + 45
+        done = 0
+        for n, device in enumerate(devices):
+            with contextlib.suppress(TimeoutError):
+                done += state_of(probe, device, f"shared-{n}", deadline - time.monotonic(), stack)["status"] == "ok"
+        # One more capture after them: its file number shows how many POSTs the six made.
+        command(probe, devices[0], "shared-after")
+        state_of(probe, devices[0], "shared-after", LATENCY + 30, stack)
+        finals = [m.json().get("request_id") for m in probe.messages
+                  if m.payload and str(m.json().get("request_id", "")).startswith("shared-")
+                  and m.json().get("status") != "pending"]
+    share = {member: member_ok_commands(stack, member) for member in members}
+    posts = stack.posts - before - 1
+    report.check("scale-out: 6 commands -> 6 states and 6 POSTs, shared among the members",
+                 done == 6 and posts == 6 and len(finals) == 7 and sum(1 for v in share.values() if v > 0) >= 2,
+                 f"{done}/6 ok, {posts} POSTs, ok per member {share}")
 
 
 def check_startup_sigterm(report: Report, engine: Engine, image: str) -> None:
@@ -512,7 +594,7 @@ def check_startup_sigterm(report: Report, engine: Engine, image: str) -> None:
 
 def check_scale_out_config(report: Report, stack: Stack) -> None:
     """The scale-out override puts every member in the group, each with its own id and journal."""
-    files = [*stack.files[:1], str(ROOT / "docker" / "compose.scale-out.yml")]
+    files = [*stack.files[:1], str(SCALE_OUT)]
     merged = yaml.safe_load(run([*stack.engine.compose_cmd, "-p", PROJECT, *[a for f in files for a in ("-f", f)],
                                  "config"], env=stack.env).stdout)
     members = {name: svc for name, svc in merged["services"].items()
@@ -542,6 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mosquitto_ref = compose_default(compose["services"]["mosquitto"]["image"])
     python_image = base_image(engine, python_ref, STANDIN_PYTHON, python_standin, args.rebuild_standins)
     mosquitto_image = base_image(engine, mosquitto_ref, STANDIN_MOSQUITTO, mosquitto_standin, args.rebuild_standins)
+    if engine.name == "podman":
+        podman_limits(engine, python_image)
     if python_image != python_ref:
         Report.note(f"the image is built with --build-arg PYTHON_IMAGE={python_image} instead of {python_ref}")
     if mosquitto_image != mosquitto_ref:
@@ -554,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         override.write_text(yaml.safe_dump({"services": {"mock-cloud": {"command": [
             "mock-cloud", "--host", "0.0.0.0", "--port", "8092", "--strict", "--any-device",
             "--latency", str(LATENCY)]}}}), encoding="utf-8")
-        env = dict(os.environ, PYTHON_IMAGE=python_image, MOSQUITTO_IMAGE=mosquitto_image,
+        env = dict(engine.env, PYTHON_IMAGE=python_image, MOSQUITTO_IMAGE=mosquitto_image,
                    CAPTURE_BRIDGE_IMAGE=image, BUILDAH_FORMAT="docker")
         stack = Stack(engine, env, [str(COMPOSE), str(override)], free_port(), free_port())
         env.update(BROKER_HOST_PORT=str(stack.broker_port), METRICS_HOST_PORT=str(stack.metrics_port))
@@ -580,6 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("commands while stopped", lambda: check_stopped_bridge(report, stack)),
                 ("stop during a capture", lambda: check_stop_during_capture(report, stack, grace)),
                 ("down + up", lambda: check_down_up(report, stack)),
+                ("scale-out", lambda: check_scale_out_run(report, stack)),
                 ("SIGTERM during start-up", lambda: check_startup_sigterm(report, engine, image)),
             ]
             for name, step in steps:
