@@ -26,6 +26,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -61,8 +62,8 @@ OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
 CONNACK = 0x20  # first byte of the only packet an MQTT broker sends first
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason; paho also reports a 3.1.1 broker's "refused: version" as it
 SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: another connection with our client_id took the session
-SHARE_PROBE_DEVICE = "$capture-bridge-share-probe"
-SHARE_PROBE_WAIT = 5.0  # seconds an echo of the probe may take to come back
+SHARE_PROBE_PREFIX = "$capture-bridge-probe-"  # device id of the probe commands (never executed)
+SHARE_PROBE_WAIT = 5.0  # seconds the probe may take to come back
 
 
 def describe_peer(head: bytes, tls: bool) -> str:
@@ -224,7 +225,8 @@ class MqttAdapter:
         self._subscribing: dict[int, str] = {}  # SUBSCRIBE mid -> filter, until its SUBACK
         self._sub_delay: dict[str, float] = {}
         self._problems: dict[str, str] = {}  # why we cannot do the job while connected (for /healthz)
-        self._share_probe: str | None = None
+        self._share_probe: str | None = None  # the "$share/..." trap topic while a check runs
+        self._share_nonce = ""
         self._share_checked = False
         self.listening = False  # the command subscription is granted on this connection
         self._misc: asyncio.Task[None] | None = None
@@ -471,10 +473,14 @@ class MqttAdapter:
             log.debug("subscribed to %s (%s)", topic, reason)
         if commands:
             self.listening = True
-            # Online only now: a bridge that cannot hear commands must not look available.
-            client.publish(topics.availability_topic(self._base), ONLINE, qos=1, retain=True)
-            if self._config.shared_group:
-                self._probe_shared_subscription()
+            if self._config.shared_group and not self._share_checked:
+                self._probe_shared_subscription()  # online once the probe came through
+            else:
+                # Online only now: a bridge that cannot hear commands must not look available.
+                self._publish_online()
+
+    def _publish_online(self) -> None:
+        self.client.publish(topics.availability_topic(self._base), ONLINE, qos=1, retain=True)
 
     def _resubscribe(self, topic: str, connection: int) -> None:
         if not self.connected or connection != self.connect_count or self._stopping:
@@ -486,33 +492,64 @@ class MqttAdapter:
             self._subscribe(topic, 1)
 
     def _probe_shared_subscription(self) -> None:
-        # Some brokers grant `$share/<group>/<filter>` but treat it as a plain filter that only
-        # matches topics starting with "$share/": the bridge is then deaf. Publish to such a topic:
-        # a broker that honours shared subscriptions never delivers it to us.
+        # Some brokers grant `$share/<group>/<filter>` but treat it as a plain filter (it then only
+        # matches topics that start with "$share/"), and the bridge is deaf. Two probes tell:
+        # - an empty command on a probe device: the group must deliver it, to us or to a member,
+        #   which echoes it on <base>/bridge/probe/<nonce>; nothing back means deaf;
+        # - the same on the literal "$share/..." topic: a broker that honours shared subscriptions
+        #   never delivers it; one that treats the filter as plain gives it to us at once.
         if self._share_checked or self._share_probe is not None:
             return
         group = self._config.shared_group
         assert group is not None
-        self._share_probe = f"$share/{group}/{topics.command_topic(self._base, SHARE_PROBE_DEVICE)}"
+        self._share_nonce = uuid.uuid4().hex[:12]
+        probe = topics.command_topic(self._base, SHARE_PROBE_PREFIX + self._share_nonce)
+        self._share_probe = f"$share/{group}/{probe}"
+        # Not tracked as a subscription of ours: an ACL refusing it only leaves the direct path.
+        self.client.subscribe(self._echo_topic(self._share_nonce), qos=1)
         self.client.publish(self._share_probe, b"", qos=1)
+        self.client.publish(probe, b"", qos=1)
         assert self._loop is not None
-        self._loop.call_later(SHARE_PROBE_WAIT, self._shared_subscription_ok)
+        self._loop.call_later(SHARE_PROBE_WAIT, self._shared_subscription_unconfirmed, self.connect_count)
+
+    def _echo_topic(self, nonce: str) -> str:
+        return f"{self._base}/bridge/probe/{nonce}"
+
+    def _share_probe_arrived(self, device: str) -> None:
+        nonce = device[len(SHARE_PROBE_PREFIX):]
+        if self._share_probe is not None and nonce == self._share_nonce:
+            self._shared_subscription_ok()
+        elif self._config.shared_group and nonce and "/" not in nonce:
+            # Another member's probe reached us through the group: tell it so.
+            self.client.publish(self._echo_topic(nonce), b"", qos=1)
 
     def _shared_subscription_ok(self) -> None:
-        if self._share_probe is not None and self.connected:
-            self._share_checked = True
-            self._share_probe = None
-            log.debug("shared subscription honoured: the probe through $share did not come back")
-
-    def _shared_subscription_ignored(self) -> None:
         self._share_checked = True
         self._share_probe = None
-        why = (f"the broker treats $share/{self._config.shared_group}/... as a plain topic, not as a shared "
-               f"subscription: this bridge receives no commands; remove mqtt.shared_group or use a broker that "
-               f"supports shared subscriptions")
+        self.client.unsubscribe(self._echo_topic(self._share_nonce))
+        log.debug("shared subscription honoured: the probe command came through $share/%s/...",
+                  self._config.shared_group)
+        self._publish_online()
+
+    def _shared_subscription_unconfirmed(self, connection: int) -> None:
+        if self._share_probe is None or not self.connected or connection != self.connect_count:
+            return
+        self._shared_subscription_ignored(
+            f"the broker delivered no probe command through $share/{self._config.shared_group}/... within "
+            f"{SHARE_PROBE_WAIT:g}s: it does not seem to support shared subscriptions, and this bridge would "
+            "receive no commands; remove mqtt.shared_group (or use a broker that supports them)")
+
+    def _shared_subscription_ignored(self, why: str | None = None) -> None:
+        self._share_checked = True
+        self._share_probe = None
+        self.client.unsubscribe(self._echo_topic(self._share_nonce))
+        why = why or (f"the broker treats $share/{self._config.shared_group}/... as a plain topic, not as a "
+                      "shared subscription: this bridge receives no commands; remove mqtt.shared_group or use a "
+                      "broker that supports shared subscriptions")
         self._problems["$share"] = why
         self.listening = False
         log.error("%s", why)
+        # Never online on this broker; `offline` also replaces an `online` a previous run left.
         self.client.publish(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True)
 
     def _handle_disconnect(
@@ -557,6 +594,9 @@ class MqttAdapter:
             if self._share_probe is not None and topic == self._share_probe:
                 self._shared_subscription_ignored()
             return
+        if self._share_probe is not None and topic == self._echo_topic(self._share_nonce):
+            self._shared_subscription_ok()
+            return
         try:
             handler = self._handlers.get(topic)
             if handler is not None:
@@ -570,6 +610,9 @@ class MqttAdapter:
             if device is None:
                 if topic == topics.command_topic(self._base, ""):
                     log.warning("ignored a command on %s: the device id is empty", topic)
+                return
+            if device.startswith(SHARE_PROBE_PREFIX):
+                self._share_probe_arrived(device)
                 return
             if not message.payload:
                 # How a retained command is cleared (`mosquitto_pub -r -n`); 3.1.1 delivers the clearing

@@ -581,8 +581,40 @@ def test_a_broker_closing_on_mqtt5_is_named_without_a_tls_hint(
 def test_shared_group_on_mosquitto_is_verified_without_a_false_alarm(
     start_bridge: StartBridge, probe: Probe, base_topic: str
 ) -> None:
-    bridge = start_bridge({"mqtt": {"shared_group": "grp"}}, args=("--log-level", "DEBUG"))
-    bridge.wait_log("shared subscription honoured", timeout=15)
-    noisy = [line for line in bridge.log_text().splitlines() if " ERROR " in line or " WARNING " in line]
-    assert not noisy, noisy
+    probe.subscribe(f"{base_topic}/+/capture/state")
+    # Two members: each one's probe may reach the other, which echoes it.
+    members = [start_bridge({"mqtt": {"shared_group": "grp", "client_id": f"{base_topic}-{i}"}},
+                            args=("--log-level", "DEBUG")) for i in range(2)]
+    for bridge in members:
+        bridge.wait_log("shared subscription honoured", timeout=15)
+    for bridge in members:
+        noisy = [line for line in bridge.log_text().splitlines() if " ERROR " in line or " WARNING " in line]
+        assert not noisy, noisy
     assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
+    assert not [m.topic for m in probe.messages if "capture-bridge-probe" in m.topic]  # probes get no state
+
+
+def test_shared_group_on_a_broker_without_shared_subscriptions_is_an_error(
+    cloud: MockCloud, base_topic: str, tmp_path: Path
+) -> None:
+    """amqtt 0.12 grants $share/... and drops what is published to it: only the probe command tells."""
+    try:
+        amqtt = AmqttBroker(tmp_path / "amqtt")
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    amqtt.start()
+    port = free_port()
+    try:
+        config = bridge_config(Broker(tmp_path / "unused"), cloud, base_topic, tmp_path)
+        config["mqtt"].update(url=f"mqtt://127.0.0.1:{amqtt.port}", protocol="3.1.1", shared_group="grp")
+        config["metrics"] = {"port": port}
+        with running_bridge(tmp_path / "bridge", config) as bridge:
+            bridge.wait_log("delivered no probe command through $share/grp/", timeout=20)
+            line = log_lines(bridge, "delivered no probe command")[0]
+            assert " ERROR " in line
+            assert "mqtt.shared_group" in line
+            status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
+            assert status == 503
+            assert "probe command" in body
+    finally:
+        amqtt.close()
