@@ -355,7 +355,8 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         # Wrong credentials are found now, not at the first capture; a failure is one ERROR, and the
         # login is tried again in the background (and by every capture) until it works.
         nonlocal cloud_status
-        if not cloud.can_login:
+        if config.cloud.token is not None or not cloud.can_login:
+            # A fixed token is used as it is (there is no call to check it without a capture).
             cloud_status = "fixed token (checked by the first capture)"
             return
         retry, said = 60.0, False
