@@ -647,7 +647,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.compose("down", "-v", check=False)
         try:
             started = time.monotonic()
+            previous = engine("image", "inspect", "--format", "{{.Id}}", image, check=False).stdout.strip()
             built = stack.compose("build", check=False)
+            current = engine("image", "inspect", "--format", "{{.Id}}", image, check=False).stdout.strip()
+            if previous and current and previous != current:
+                engine("rmi", previous, check=False)  # the last run's image, now untagged: no pile-up
             if not report.check("compose builds the image from the current tree", built.returncode == 0,
                                 f"{time.monotonic() - started:.0f} s, FROM {python_image}"):
                 print((built.stdout + built.stderr)[-3000:])
