@@ -369,8 +369,10 @@ def test_kubernetes_probes_and_security_match_the_image() -> None:
         assert get["path"] == "/healthz"
         assert f"CAPTURE_BRIDGE_METRICS__PORT={ports[get['port']]}" in image_env
     assert pod["securityContext"]["runAsNonRoot"] is True
-    uid = int(dict(stages()[-1])["USER"].split(":")[0])
+    uid, gid = (int(n) for n in dict(stages()[-1])["USER"].split(":"))
     assert pod["securityContext"]["runAsUser"] == uid
+    # The journal volume and the secret files (mode 0440) belong to this group: readable by the bridge.
+    assert pod["securityContext"]["fsGroup"] == gid
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
