@@ -378,11 +378,6 @@ def test_shared_group(
         mprobe.publish(f"{base}/truck-12/capture/set", {"request_id": "shared"})
         assert mprobe.final_states(f"{base}/truck-12/capture/state", timeout=20)[0]["status"] == "ok"
         return
-    if matrix_broker.product == "amqtt":
-        # Known bridge bug, reported: amqtt grants $share/... as a plain filter and drops the
-        # bridge's check message (a client may not publish to `$` topics), so the bridge reads the
-        # silence as "honoured" and says `online` while deaf. Remove this skip once it is fixed.
-        pytest.skip("bridge bug: the $share check passes on amqtt, which drops the check message")
     topic = f"{base}/bridge/state"
     mprobe.subscribe(topic)
     bridge = matrix_bridge(overrides, wait_online=False)
