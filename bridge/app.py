@@ -17,7 +17,7 @@ from bridge.command import Limits
 from bridge.companion import Companion
 from bridge.config import CloudConfig, Config
 from bridge.errors import BridgeError, ConfigError, ErrorCode
-from bridge.journal import Journal, JournalError
+from bridge.journal import Journal, JournalEntry, JournalError
 from bridge.metrics import Health, Metrics, MetricsServer
 from bridge.mqtt import MqttAdapter
 from bridge.service import CaptureService, Command, StatePublisher
@@ -244,19 +244,25 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
                         len(held) - len(kept), topics.command_topic(base, device), extra={"device": device})
             held = kept
 
+    # Commands the journal took back from the last run: they wait for the settings as well.
+    replayed: list[JournalEntry] = []
+
     def on_synced(_payload: bytes = b"") -> None:
         nonlocal held
         if held is None:
             return
         companion.on_synced()
         waiting, held = held, None
+        if replayed:
+            service.replay(replayed)  # older than anything held: first
+            replayed.clear()
         for command in waiting:
             service.submit(command)
 
     def sync_overdue() -> None:
         if held is not None:
-            log.warning("the broker did not echo %s within %.0fs (ACL?); running commands with the settings known",
-                        sync_topic, SYNC_TIMEOUT)
+            log.warning("the broker did not echo %s within %.0fs (down? ACL?); running commands with the "
+                        "settings known", sync_topic, SYNC_TIMEOUT)
             on_synced()
 
     sync_topic = topics.bridge_sync_topic(base, config.mqtt.client_id)
@@ -346,7 +352,9 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
             entries = journal.unfinished()
         except JournalError as exc:
             raise ConfigError(f"bridge.journal_path: {exc}") from None
-        service.replay(entries)
+        replayed.extend(entries)
+    # Without a broker (or the marker) for that long, run them with the settings known.
+    loop.call_later(SYNC_TIMEOUT, sync_overdue)
     mqtt_task = asyncio.create_task(adapter.run())
     info_task = asyncio.create_task(publish_info_now_and_then())
     watch_task = asyncio.create_task(service.watch_journal())

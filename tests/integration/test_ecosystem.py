@@ -241,6 +241,30 @@ def test_settings_shape_the_next_capture_and_survive_a_restart(
     assert state["request"]["FResolution"] == 1  # the config's default, never chosen otherwise
 
 
+def test_a_capture_taken_back_after_a_crash_keeps_the_devices_settings(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
+) -> None:
+    bridge = start_bridge({"cloud": {"read_timeout": 15.0}})
+    settings_topic = f"{base_topic}/truck-12/capture/settings"
+    state_topic = f"{base_topic}/truck-12/capture/state"
+    probe.subscribe(settings_topic)
+    probe.subscribe(state_topic)
+    probe.publish(f"{base_topic}/truck-12/capture/settings/set", {"count": 4})
+    probe.wait_for(lambda m: m.topic == settings_topic and m.json()["count"] == 4, timeout=10)
+    cloud.latency = 3.0
+    before = cloud.instruction_count
+    probe.publish(f"{base_topic}/truck-12/capture/set", {"request_id": "crash-1"}, qos=1)
+    poll(lambda: cloud.instruction_count > before, timeout=10, what="the capture reached the cloud")
+    bridge.kill()  # the journal keeps the command; the next start runs it again
+    cloud.latency = 0.0
+    start_bridge({"cloud": {"read_timeout": 15.0}})
+    state = probe.wait_for(
+        lambda m: m.topic == state_topic and not m.retain and m.json().get("request_id") == "crash-1"
+        and m.json()["status"] != "pending", timeout=20,
+    )[-1].json()
+    assert state["request"]["FCount"] == 4  # the restored setting, not the built-in 1
+
+
 def test_bridge_info_shows_captures_in_flight(
     start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
 ) -> None:
