@@ -42,7 +42,9 @@ class Companion:
         self._base = config.mqtt.base_topic
         self._ha = config.homeassistant.enabled
         self._terminals: dict[str, str] = {}
-        self._announced: set[str] = set()
+        # Known from the start, not from the first announcement: a retained config read before it
+        # (an announcement can be deferred) must not look like one we no longer announce.
+        self._announced = {topic for topic, _ in discovery.discovery_messages(config)}
         self._last_info: bytes | None = None
         self._removed: set[str] = set()
         self.synced = False

@@ -156,3 +156,10 @@ def test_a_reconnect_publishes_settings_again_for_a_broker_that_lost_them() -> N
     companion.on_reconnected()
     assert on(sent, "devices/bridge/settings") == [{"truck-12": {"count": 4}}]
     assert on(sent, "devices/truck-12/capture/settings")[0]["count"] == 4
+
+
+def test_configs_still_announced_are_never_cleared_even_before_the_first_announcement() -> None:
+    companion, sent = make({"truck-12": GUID})
+    for topic, payload in discovery_messages(companion._config):
+        companion.on_discovery_config(topic, payload, True)
+    assert [t for t, p, _ in sent if p == b""] == []
