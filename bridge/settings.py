@@ -167,6 +167,10 @@ class SettingsStore:
         self._set(device, own_choices({**self._choices.get(device, {}), **partial}, self.fallback_of(device)))
         return self.current(device) != before
 
+    def forget(self, device: str) -> None:
+        """Drop a device's choices (a device removed from the config)."""
+        self._set(device, {})
+
     def snapshot(self) -> bytes:
         """Every device's choices, for the retained `<base>/bridge/settings`."""
         return encode({device: self._choices[device] for device in sorted(self._choices)})

@@ -163,3 +163,11 @@ def test_configs_still_announced_are_never_cleared_even_before_the_first_announc
     for topic, payload in discovery_messages(companion._config):
         companion.on_discovery_config(topic, payload, True)
     assert [t for t, p, _ in sent if p == b""] == []
+
+
+def test_settings_of_a_device_removed_from_the_config_are_forgotten() -> None:
+    companion, sent = make({"truck-12": GUID}, guid_topic_ids=False)
+    companion.on_settings_snapshot(json.dumps({"trailer-7": {"count": 2}, "truck-12": {"count": 3}}).encode())
+    companion.on_synced()
+    assert companion.store.devices() == ["truck-12"]
+    assert on(sent, "devices/trailer-7/capture/settings") == [None]  # its retained settings cleared
