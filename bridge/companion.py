@@ -94,12 +94,13 @@ class Companion:
         problems = self.store.restore(payload)
         for problem in problems:
             log.warning("stored settings: %s (dropped)", problem)
-        for device in self.store.devices():
-            if not self._known(device):
-                # Removed from the config: its choices go, with the next change's snapshot.
-                log.info("forgetting the settings of %r: no longer a device of this bridge", device)
-                self.store.forget(device)
-                self._publish(topics.settings_topic(self._base, device), b"", True)
+        removed = [device for device in self.store.devices() if not self._known(device)]
+        for device in removed:
+            log.info("forgetting the settings of %r: no longer a device of this bridge", device)
+            self.store.forget(device)
+            self._publish(topics.settings_topic(self._base, device), b"", True)
+        if removed:
+            self._publish(topics.bridge_settings_topic(self._base), self.store.snapshot(), True)
 
     def on_synced(self) -> None:
         """Everything retained has arrived: publish every device's settings."""

@@ -171,3 +171,4 @@ def test_settings_of_a_device_removed_from_the_config_are_forgotten() -> None:
     companion.on_synced()
     assert companion.store.devices() == ["truck-12"]
     assert on(sent, "devices/trailer-7/capture/settings") == [None]  # its retained settings cleared
+    assert on(sent, "devices/bridge/settings") == [{"truck-12": {"count": 3}}]
