@@ -27,12 +27,14 @@ def main() -> int:
     p.add_argument("--guids", type=int, default=2000, help="GUID topic ids the commands are spread over")
     p.add_argument("--answer-timeout", type=float, default=900.0)
     p.add_argument("--rss-limit", type=float, default=120.0)
+    p.add_argument("--max-in-flight", type=int, default=None, help="bridge.max_in_flight (default: the bridge's)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="capture-flood-") as tmp:
         broker = Broker(Path(tmp) / "broker", extra="max_queued_messages 1000000").start()
         try:
             result = run_flood(broker.port, Path(tmp) / "run", commands=args.commands, onlines=args.onlines,
-                               devices=args.devices, guids=args.guids, answer_timeout=args.answer_timeout)
+                               devices=args.devices, guids=args.guids, answer_timeout=args.answer_timeout,
+                               bridge={"max_in_flight": args.max_in_flight} if args.max_in_flight else None)
         finally:
             broker.stop()
     print(json.dumps(result.summary(), indent=2))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import resource
 import signal
@@ -188,6 +190,35 @@ class Announcer:
             self._timer = None
 
 
+def _malloc_trim() -> Callable[[], None] | None:
+    # glibc keeps freed heap memory for reuse; after a burst the bridge holds ~30-40 MB it no longer
+    # uses (measured, 30,000-command flood). No library exposes malloc_trim; ctypes is the way.
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if trim is None:
+        return None
+
+    def release() -> None:
+        trim(0)
+
+    return release
+
+
+async def give_back_memory(service: CaptureService, interval: float = 5.0) -> None:
+    """Once a burst is over (nothing running or waiting), return freed heap memory to the OS."""
+    trim = _malloc_trim()
+    if trim is None:
+        return
+    trimmed_at = service.finished
+    while True:
+        await asyncio.sleep(interval)
+        if service.finished != trimmed_at and not service.in_flight and not service.backlog:
+            trimmed_at = service.finished
+            trim()
+
+
 def open_journal(config: Config) -> Journal | None:
     """The command journal, or a ConfigError naming `bridge.journal_path` (one line, exit 2)."""
     if not config.bridge.journal:
@@ -358,6 +389,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
     mqtt_task = asyncio.create_task(adapter.run())
     info_task = asyncio.create_task(publish_info_now_and_then())
     watch_task = asyncio.create_task(service.watch_journal())
+    trim_task = asyncio.create_task(give_back_memory(service))
 
     async def check_cloud() -> None:
         # Wrong credentials are found now, not at the first capture; a failure is one ERROR, and the
@@ -403,7 +435,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         info_task.cancel()
         announcer.cancel()
         await adapter.close()
-        for task in (mqtt_task, watch_task):
+        for task in (mqtt_task, watch_task, trim_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

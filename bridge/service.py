@@ -212,6 +212,7 @@ class CaptureService:
         # Journal health: while it cannot be written, commands wait here (not run, not acknowledged).
         self.journal_ok = True
         self._parked: deque[Command] = deque()
+        self.finished = 0  # final states so far
         self._retry: asyncio.TimerHandle | None = None
 
     # --- intake ---------------------------------------------------------------
@@ -482,6 +483,7 @@ class CaptureService:
             if key[0] == "rid":
                 self._remember(key, payload, now)
         status, error = state["status"], state["error"]
+        self.finished += 1
         self._observer.finished(status, error, now - job.received)
         extra = {"device": job.command.device, "request_id": job.ctx.request_id, "error": error}
         if status == states.OK:

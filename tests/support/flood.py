@@ -52,6 +52,7 @@ class FloodResult:
     answer_seconds: float = 0.0
     restarted: bool = False
     log_tail: str = ""
+    metrics_when_stuck: str = ""
 
     def summary(self) -> dict[str, Any]:
         """The result as plain data (for printing)."""
@@ -167,20 +168,23 @@ def flood_config(broker_port: int, cloud_url: str, workdir: Path, devices: int) 
         "devices": {f"cam-{i:03d}": str(uuid.uuid4()) for i in range(devices)},
         "bridge": {"journal_path": str(workdir / "journal.sqlite"), "shutdown_timeout": 10.0},
         "homeassistant": {"enabled": True, "prefix": f"ha-{tag}", "status_topic": f"ha-{tag}/status"},
+        "metrics": {"port": free_port()},
         "logging": {"level": "WARNING"},
     }
 
 
 def run_flood(broker_port: int, workdir: Path, *, commands: int, onlines: int, devices: int, guids: int = 2000,
-              answer_timeout: float = 120.0) -> FloodResult:
+              answer_timeout: float = 120.0, bridge: dict[str, Any] | None = None,
+              settle: float = 20.0) -> FloodResult:
     """Flood the bridge; see the module docstring for what is checked (the caller asserts)."""
     workdir.mkdir(parents=True, exist_ok=True)
     result = FloodResult(commands, onlines, devices)
     cloud = MockCloudProcess(workdir)
     config = flood_config(broker_port, cloud.url, workdir, devices)
+    config["bridge"].update(bridge or {})
     base, ha = config["mqtt"]["base_topic"], config["homeassistant"]
     collector = Collector(broker_port, base, ha["prefix"])
-    bridge = BridgeProcess(workdir / "bridge", config).start()
+    process = BridgeProcess(workdir / "bridge", config).start()
     publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-pub-{uuid.uuid4().hex[:8]}",
                             protocol=MQTTProtocolVersion.MQTTv5)
     try:
@@ -190,7 +194,7 @@ def run_flood(broker_port: int, workdir: Path, *, commands: int, onlines: int, d
         deadline = time.monotonic() + 60
         while collector.discovery == 0 or _still_growing(collector):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no discovery announcement at start:\n{bridge.log_text()[-2000:]}")
+                raise TimeoutError(f"no discovery announcement at start:\n{process.log_text()[-2000:]}")
         result.messages_per_announcement = collector.discovery
         targets = [str(uuid.uuid4()) for _ in range(guids)]
         wanted: set[str] = set()
@@ -214,14 +218,21 @@ def run_flood(broker_port: int, workdir: Path, *, commands: int, onlines: int, d
         missing = collector.wait_answered(wanted, answer_timeout)
         result.answer_seconds = time.monotonic() - started
         result.answered_live = len(wanted) - len(missing)
-        assert bridge.proc is not None
-        # Let the last announcement finish, then measure: what stays is what a leak would be.
-        time.sleep(2)  # ok: a settling pause before sampling memory, not synchronisation
-        result.rss_after_mb, result.rss_peak_mb = rss_mb(bridge.proc.pid)
+        if missing:
+            result.metrics_when_stuck = _scrape(config["metrics"]["port"])
+        assert process.proc is not None
+        # Idle pooled cloud connections close after cloud.keepalive_timeout (15 s): sample until
+        # then. What stays after that is what a leak would be.
+        settled = time.monotonic() + settle
+        while True:
+            result.rss_after_mb, result.rss_peak_mb = rss_mb(process.proc.pid)
+            if time.monotonic() > settled:
+                break
+            time.sleep(1)  # ok: sampling memory once a second for the settle period
         if missing:
             result.restarted = True
-            bridge.stop(timeout=60)
-            bridge = BridgeProcess(workdir / "bridge-again", config).start()
+            process.stop(timeout=60)
+            process = BridgeProcess(workdir / "bridge-again", config).start()
             missing = collector.wait_answered(missing, answer_timeout)
             result.answered_after_restart = len(wanted) - len(missing) - result.answered_live
         result.missing = sorted(missing)
@@ -230,14 +241,25 @@ def run_flood(broker_port: int, workdir: Path, *, commands: int, onlines: int, d
         result.announcements = round(collector.discovery / per)
         for status in collector.answered.values():
             result.statuses[status] = result.statuses.get(status, 0) + 1
-        result.log_tail = bridge.log_text()[-3000:]
+        result.log_tail = process.log_text()[-3000:]
         return result
     finally:
         publisher.disconnect()
         publisher.loop_stop()
-        bridge.stop(timeout=60)
+        process.stop(timeout=60)
         collector.close()
         cloud.stop()
+
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text: str = response.read().decode()
+    except OSError as exc:
+        return f"no metrics: {exc}"
+    return "\n".join(line for line in text.splitlines() if line.startswith("capture_bridge") and "bucket" not in line)
 
 
 def _still_growing(collector: Collector) -> bool:
