@@ -245,7 +245,10 @@ def test_dedupe_never_forgets_a_running_command(monkeypatch: pytest.MonkeyPatch)
             await settle()
         svc.submit(cmd(GUID, {"request_id": "long"}))  # the resend of the one still running
         await settle()
+        cloud.calls[0].release()  # the first ends; a resend that was not recognised would start now
+        await settle()
         assert [c.guid for c in cloud.calls].count(GUID) == 1
+        assert len(pub.finals(GUID)) == 1
         assert len(svc._recent) <= 10  # the cap still holds for finished ones
 
     run(go())
