@@ -56,6 +56,13 @@ PUBLISH_HIGH_WATER = 2_000
 # What an MQTT 5 broker may deliver to us beyond the largest command payload: the fixed header,
 # the topic and the properties (a Response Topic, Correlation Data).
 PACKET_OVERHEAD = 16_384
+# MQTT 5 Receive Maximum: commands the broker sends us unacknowledged, at most. Without it the
+# broker may send 65,535 (measured: 91,719 held in a flood while we held acks back); with it,
+# holding acks back (journal not writable, back-pressure) really stops intake.
+RECEIVE_MAXIMUM = 1000
+# paho also answers MQTT_ERR_QUEUE_SIZE when the message id it drew is still in use by an older
+# message (ids wrap at 65,535); the next id is free, so such a refusal is retried at once.
+ID_RETRIES = 8
 
 ONLINE = json.dumps({"state": "online"}, separators=(",", ":")).encode()
 OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
@@ -380,7 +387,11 @@ class MqttAdapter:
 
     async def _misc_loop(self) -> None:
         # Keepalive pings and retry timers; one wake-up a second, no busy polling.
-        while self.client.loop_misc() == paho.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - a timer, not a wait
+        while self.client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+            try:
+                self._tick()
+            except Exception:  # the keepalive timer must survive a bug in ours
+                log.exception("publish queue check failed")
             await asyncio.sleep(1)
 
     # --- callbacks (never block, never raise) -----------------------------------
@@ -707,6 +718,16 @@ class MqttAdapter:
             self._overflow.popleft()
             if info is not None:
                 self._track(info, item)
+        if not self._acks:
+            self._all_acked.set()
+
+    def _tick(self) -> None:
+        # Once a second: what waits in the overflow is retried even when no acknowledgement comes
+        # to trigger it, and held-back commands are acknowledged once the queue is short again.
+        if self._overflow:
+            self._send_overflow()
+        if self.backpressure and not self._held_back():
+            self._flush_acks()
 
     # --- publishing -------------------------------------------------------------
 
@@ -742,9 +763,13 @@ class MqttAdapter:
 
     def _paho_publish(self, item: _Queued) -> paho.MQTTMessageInfo | None:
         try:
-            return self.client.publish(
-                item.topic, item.payload, qos=item.qos, retain=item.retain, properties=item.properties
-            )
+            for _ in range(ID_RETRIES):
+                info = self.client.publish(
+                    item.topic, item.payload, qos=item.qos, retain=item.retain, properties=item.properties
+                )
+                if info.rc != paho.MQTT_ERR_QUEUE_SIZE:
+                    break
+            return info
         except ValueError as exc:  # UnicodeEncodeError is one too
             log.warning("cannot publish to %s: %s", shown(item.topic), exc)
             return None
@@ -807,6 +832,7 @@ class MqttAdapter:
             if self._max_packet is not None:
                 # The broker drops larger messages instead of sending them to us to refuse.
                 properties.MaximumPacketSize = self._max_packet
+            properties.ReceiveMaximum = RECEIVE_MAXIMUM
             clean_start = not cfg.persistent_session
 
         def note_error(client: paho.Client, userdata: Any, level: int, message: str) -> None:
