@@ -18,10 +18,12 @@ socket, before the connection is known to be good, so `sent` errs on the side of
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import socket
 import ssl
+import sys
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -43,6 +45,9 @@ TCP_KEEPIDLE: Final = 30
 TCP_KEEPINTVL: Final = 10
 TCP_KEEPCNT: Final = 3
 DNS_CACHE_TTL: Final = 300
+# Before these, asyncio leaks the socket of a TLS connection whose peer never finishes the TLS
+# shutdown (cpython#118960); aiohttp then aborts such connections itself, and at close().
+_SSL_SHUTDOWN_LEAKS: Final = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
 # aiohttp raises this, before calling transport.write, when the pooled connection is already closing.
 _NOT_WRITTEN_MESSAGE: Final = "Cannot write to closing transport"
 
@@ -121,7 +126,8 @@ def _never_written(exc: BaseException) -> bool:
 
 def _map_error(exc: BaseException, sent: bool, read_timeout: float, connect_timeout: float) -> TransportError:
     """aiohttp's exception -> TransportError; `sent` is whether the request's headers went out."""
-    sent = sent and not _never_written(exc)
+    if _never_written(exc):
+        return TransportError("the pooled connection closed before the request was written", sent=False)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         reason = getattr(exc.certificate_error, "verify_message", None) or str(exc.certificate_error)
         return TransportError(f"TLS certificate verification failed: {reason}", sent=False, retryable=False)
@@ -222,6 +228,7 @@ class AiohttpTransport:
             keepalive_timeout=self._keepalive_timeout,
             ssl=self._ssl,
             socket_factory=_keepalive_socket,
+            enable_cleanup_closed=_SSL_SHUTDOWN_LEAKS,
         )
         # HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and the proxy's .netrc entry), read once with aiohttp's own
         # helper: trust_env=True would read them, and ~/.netrc, in a worker thread on every request.
@@ -307,3 +314,6 @@ class AiohttpTransport:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+            # Connections closed on an error earlier may still be finishing their TLS shutdown;
+            # a moment lets their sockets close before the event loop (and the process) ends.
+            await asyncio.sleep(0.05)

@@ -298,21 +298,24 @@ def test_pooled_connection_closed_by_the_server_is_replaced_quietly() -> None:
     with MockCloud(default_behaviour="ok", idle_timeout=0.2) as quick_closer:
 
         async def scenario() -> tuple[InstructionReply | CloudError, InstructionReply | CloudError, int]:
-            bridge = Bridge(quick_closer.url, retry_attempts=1)
+            # The first capture may itself meet a connection the server just closed (the login's): then it
+            # is retried, since nothing was written; the second one starts after every close was seen.
+            bridge = Bridge(quick_closer.url, retry_attempts=3)
             try:
                 first = await bridge.capture(fresh_guid())
+                opened = bridge.transport.connections_opened
                 # The server runs in its own thread and loop: nothing to await across, so poll.
                 async with asyncio.timeout(10):
                     while quick_closer.open_connections:  # noqa: ASYNC110
                         await asyncio.sleep(0.05)  # ok: polling the server's idle expiry
                 second = await bridge.capture(fresh_guid())
-                return first, second, bridge.transport.connections_opened
+                return first, second, bridge.transport.connections_opened - opened
             finally:
                 await bridge.close()
 
         first, second, opened = run(scenario())
 
-    assert isinstance(first, InstructionReply)
+    assert isinstance(first, InstructionReply), first
     assert isinstance(second, InstructionReply), second
     assert second.tries == 1
-    assert opened == 2
+    assert opened == 1

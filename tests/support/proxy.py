@@ -47,6 +47,7 @@ class Forwarder:
     flows: list[_Flow] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def __aenter__(self) -> Forwarder:
         self._server = await asyncio.start_server(self._serve, self.host, 0)
@@ -59,6 +60,12 @@ class Forwarder:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Whatever a cancelled relay left open is closed here, before the test's loop goes away.
+        for writer in self._writers:
+            writer.transport.abort()
+        # Let the aborts' connection_lost callbacks (which close the sockets) run before the loop ends.
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     def black_hole(self) -> None:
         """From now on, open flows forward nothing in either direction and never close."""
@@ -70,11 +77,13 @@ class Forwarder:
         assert task is not None
         self._tasks.add(task)
         self.connections += 1
+        self._writers.append(writer)
         flow = _Flow()
         self.flows.append(flow)
         up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            self._writers.append(up_writer)
 
             async def from_client() -> None:
                 assert up_writer is not None
@@ -92,7 +101,8 @@ class Forwarder:
 async def _close(*writers: asyncio.StreamWriter | None) -> None:
     for writer in writers:
         if writer is not None:
-            writer.close()
+            # Abort, not close: nothing is owed to a peer of a test relay, and a close could wait.
+            writer.transport.abort()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
@@ -105,6 +115,7 @@ class ConnectProxy:
     tunnels: list[str] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -121,11 +132,18 @@ class ConnectProxy:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Whatever a cancelled relay left open is closed here, before the test's loop goes away.
+        for writer in self._writers:
+            writer.transport.abort()
+        # Let the aborts' connection_lost callbacks (which close the sockets) run before the loop ends.
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.append(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
@@ -136,6 +154,7 @@ class ConnectProxy:
             self.tunnels.append(target)
             try:
                 up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+                self._writers.append(up_writer)
             except OSError:
                 writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
