@@ -252,13 +252,14 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
 
     loop = asyncio.get_running_loop()
     # Commands wait for the retained settings (see bridge/companion.py); None once they are read.
-    held: list[Command] | None = []
+    # Each is journaled when it arrives, because its PUBACK goes out with the next journal commit.
+    held: list[tuple[Command, int | None]] | None = []
 
     def on_command(command: Command) -> None:
         if held is None:
             service.submit(command)
         else:
-            held.append(command)
+            held.append((command, service.record(command)))
 
     def on_retained_command(device: str, payload: bytes) -> None:
         # On 3.1.1 (and brokers that do not keep the flag) a retained command published while we
@@ -268,7 +269,10 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         nonlocal held
         if not held:
             return
-        kept = [c for c in held if c.device != device or c.payload != payload]
+        kept = [(c, jid) for c, jid in held if c.device != device or c.payload != payload]
+        for c, jid in held:
+            if c.device == device and c.payload == payload:
+                service.discard(jid)
         if len(kept) < len(held):
             log.warning("dropped %d queued copy(ies) of the retained command on %s: retained commands are never "
                         "executed (the broker queued it for our session without its retain flag)",
@@ -287,8 +291,8 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         if replayed:
             service.replay(replayed)  # older than anything held: first
             replayed.clear()
-        for command in waiting:
-            service.submit(command)
+        for command, journal_id in waiting:
+            service.submit(command, journal_id)
 
     def sync_overdue() -> None:
         if held is not None:

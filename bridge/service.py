@@ -237,6 +237,25 @@ class CaptureService:
         except Exception:  # a bug here must not kill the MQTT loop
             log.exception("could not accept a command", extra={"device": command.device})
 
+    def record(self, command: Command) -> int | None:
+        """Journal a command that will be submitted later (held at start); returns its journal id.
+
+        Its PUBACK goes out with the next journal commit, so it must be durable now, not when it
+        is submitted. None when there is no journal to write it to (or it is oversized: only its
+        answer is kept, as in `submit`).
+        """
+        if self._journal is None or not self.journal_ok or len(command.payload) > self._max_payload:
+            return None
+        journal_id = self._journal.add(command.device, command.payload, command.response_topic, command.correlation)
+        self._schedule_flush()
+        return journal_id
+
+    def discard(self, journal_id: int | None) -> None:
+        """Forget a recorded command that will not be submitted (a stale retained copy)."""
+        if journal_id is not None and self._journal is not None:
+            self._journal.done([journal_id])
+            self._schedule_flush()
+
     def _park(self, command: Command) -> None:
         # Not durable, so not run: it is not acknowledged either, and the broker's in-flight window
         # stops it sending more. QoS 0 commands are not bounded by that window: shed past the backlog.

@@ -661,6 +661,30 @@ def test_journal_lifecycle() -> None:
     run(go())
 
 
+def test_a_held_command_is_durable_before_it_is_submitted() -> None:
+    """At start commands wait for the settings, but their PUBACK goes with the next commit: journal them now."""
+
+    async def go() -> None:
+        journal = Journal(":memory:")
+        cloud, pub = FakeCloud(), FakePublisher()
+        svc = service(cloud, pub, journal=journal)
+        held = cmd("truck-12", {"request_id": "h-1"})
+        stale = cmd("truck-12", {"request_id": "h-2"})
+        held_id, stale_id = svc.record(held), svc.record(stale)
+        assert svc.flush()
+        # A crash now (after the acks) must leave both for the next start.
+        assert [json.loads(e.payload)["request_id"] for e in journal.unfinished()] == ["h-1", "h-2"]
+        svc.discard(stale_id)
+        svc.submit(held, held_id)
+        await settle()
+        [entry] = journal.unfinished()  # submitted under its own row, not written twice
+        assert entry.id == held_id
+        assert len(cloud.calls) == 1
+        journal.close()
+
+    run(go())
+
+
 def test_journal_rejected_commands_are_recorded_too(tmp_path: Path) -> None:
     async def go() -> None:
         journal = Journal(tmp_path / "j" / "journal.sqlite")
