@@ -404,7 +404,7 @@ def test_retained_command_sent_while_down(
     mprobe.subscribe(f"{base}/{guid}/capture/state")
     mprobe.publish(f"{base}/{guid}/capture/set", {"request_id": "stale"}, retain=True)
     try:
-        matrix_bridge()
+        bridge = matrix_bridge()
         # Commands for one device run in order: once a later one is answered, the queued one had its turn.
         mprobe.publish(f"{base}/{guid}/capture/set", {"request_id": "later"})
         mprobe.wait_for(lambda m: m.payload.startswith(b"{") and m.json().get("request_id") == "later"
@@ -418,4 +418,7 @@ def test_retained_command_sent_while_down(
     measured = "executed" if executed else "not executed"
     assert row in table, f"README has no row {row!r} (measured: {measured})"
     documented = table[row]["retained command sent while the bridge is down"].split(" (")[0]
-    assert documented == measured, f"README says {documented!r} for {row}, the bridge did: {measured}"
+    print(f"{row}: {measured}")
+    if documented.startswith("usually "):
+        return  # a race the README names: either outcome is what it says
+    assert documented == measured, f"README: {documented!r} for {row}; the bridge: {measured}\n{bridge.log_text()}"
