@@ -55,17 +55,7 @@ class Forwarder:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Whatever a cancelled relay left open is closed here, before the test's loop goes away.
-        for writer in self._writers:
-            writer.transport.abort()
-        # Let the aborts' connection_lost callbacks (which close the sockets) run before the loop ends.
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await _shut(self._server, self._tasks, self._writers)
 
     def black_hole(self) -> None:
         """From now on, open flows forward nothing in either direction and never close."""
@@ -107,6 +97,22 @@ async def _close(*writers: asyncio.StreamWriter | None) -> None:
                 await writer.wait_closed()
 
 
+async def _shut(server: asyncio.Server | None, tasks: set[asyncio.Task[None]],
+                writers: list[asyncio.StreamWriter]) -> None:
+    """Stop listening, cancel the relays, and abort whatever they left open."""
+    assert server is not None
+    server.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # Whatever a cancelled relay left open is closed here, before the test's loop goes away.
+    for writer in writers:
+        writer.transport.abort()
+    # Let the aborts' connection_lost callbacks (which close the sockets) run before the loop ends.
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
 @dataclass
 class ConnectProxy:
     """An HTTP CONNECT proxy on 127.0.0.1 that records the `host:port` of every tunnel it opens."""
@@ -127,17 +133,7 @@ class ConnectProxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Whatever a cancelled relay left open is closed here, before the test's loop goes away.
-        for writer in self._writers:
-            writer.transport.abort()
-        # Let the aborts' connection_lost callbacks (which close the sockets) run before the loop ends.
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await _shut(self._server, self._tasks, self._writers)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
