@@ -12,14 +12,18 @@ def set_filter(base: str, shared_group: str | None = None) -> str:
     return f"$share/{shared_group}/{topic}" if shared_group else topic
 
 
+def _device_between(topic: str, base: str, suffix: str) -> str | None:
+    """`<base>/<id>/<suffix>` -> `<id>` (one non-empty level); None for any other topic."""
+    prefix, tail = base + "/", "/" + suffix
+    if not topic.startswith(prefix) or not topic.endswith(tail):
+        return None
+    device = topic[len(prefix) : -len(tail)]
+    return device if device and "/" not in device else None
+
+
 def device_of(topic: str, base: str) -> str | None:
     """`<base>/<id>/capture/set` -> `<id>`; None for any other topic."""
-    prefix = base + "/"
-    suffix = "/" + SET_SUFFIX
-    if not topic.startswith(prefix) or not topic.endswith(suffix):
-        return None
-    device = topic[len(prefix) : -len(suffix)]
-    return device if device and "/" not in device else None
+    return _device_between(topic, base, SET_SUFFIX)
 
 
 def state_topic(base: str, device: str) -> str:
@@ -39,8 +43,6 @@ def availability_topic(base: str) -> str:
 
 SETTINGS_SUFFIX = "capture/settings"
 SETTINGS_SET_SUFFIX = "capture/settings/set"
-EVENT_SUFFIX = "capture/event"
-CAMERA_SUFFIX = "camera/state"
 
 
 def settings_set_filter(base: str) -> str:
@@ -50,11 +52,7 @@ def settings_set_filter(base: str) -> str:
 
 def device_of_settings_set(topic: str, base: str) -> str | None:
     """`<base>/<id>/capture/settings/set` -> `<id>`; None for any other topic."""
-    prefix, suffix = base + "/", "/" + SETTINGS_SET_SUFFIX
-    if not topic.startswith(prefix) or not topic.endswith(suffix):
-        return None
-    device = topic[len(prefix) : -len(suffix)]
-    return device if device and "/" not in device else None
+    return _device_between(topic, base, SETTINGS_SET_SUFFIX)
 
 
 def settings_topic(base: str, device: str) -> str:
@@ -65,16 +63,6 @@ def settings_topic(base: str, device: str) -> str:
 def settings_set_topic(base: str, device: str) -> str:
     """Where a device's settings are changed (partial settings)."""
     return f"{base}/{device}/{SETTINGS_SET_SUFFIX}"
-
-
-def event_topic(base: str, device: str) -> str:
-    """One message per final state, never retained (Home Assistant's event entity)."""
-    return f"{base}/{device}/{EVENT_SUFFIX}"
-
-
-def camera_topic(base: str, device: str) -> str:
-    """The camera's reachability from its last cloud answer (retained)."""
-    return f"{base}/{device}/{CAMERA_SUFFIX}"
 
 
 def bridge_info_topic(base: str) -> str:
