@@ -31,6 +31,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("bridge.journal")
 
@@ -139,9 +140,7 @@ class Journal:
         if self._memory or self._file_identity() == self._identity:
             return
         try:
-            rows = self._db.execute(
-                "SELECT id, device, payload, response_topic, correlation, state FROM commands"
-            ).fetchall()
+            rows = self._rows()
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read the journal being re-created: {_reason(exc)}") from None
         what = "deleted"
@@ -202,12 +201,16 @@ class Journal:
     def unfinished(self) -> list[JournalEntry]:
         """Every command still open, oldest first."""
         try:
-            rows = self._db.execute(
-                "SELECT id, device, payload, response_topic, correlation, state FROM commands ORDER BY id"
-            ).fetchall()
+            rows = self._rows()
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read {self._path}: {_reason(exc)}") from None
         return [JournalEntry(*row) for row in rows]
+
+    def _rows(self) -> list[tuple[Any, ...]]:
+        """Every row, oldest first (raises sqlite3.Error: callers say what they were doing)."""
+        return self._db.execute(
+            "SELECT id, device, payload, response_topic, correlation, state FROM commands ORDER BY id"
+        ).fetchall()
 
     def close(self) -> None:
         """Commit what can be committed and close the database."""
