@@ -24,9 +24,11 @@ import logging
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 import uuid
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -53,6 +55,11 @@ READ_BATCH = 256  # MQTT packets handled per socket wake-up at most
 # 65,536th (its message ids are 16-bit), and each waiting message costs ~3 KB in paho (a lock and
 # a condition per message): measured in a 30,000-command flood, 16,000 waiting held ~50 MB.
 PUBLISH_HIGH_WATER = 2_000
+# Messages handed to paho at once, at most (its in-flight window): the rest wait in our own queue
+# as one small tuple each, not as paho's message + info + lock + condition (~3 KB). A flood's states
+# then cost a tenth of the memory at the peak, and CPython, which cannot move objects, keeps far
+# fewer half-used pages once it is over (measured: bench/flood.py).
+PAHO_WINDOW = 1000
 # What an MQTT 5 broker may deliver to us beyond the largest command payload: the fixed header,
 # the topic and the properties (a Response Topic, Correlation Data).
 PACKET_OVERHEAD = 16_384
@@ -198,7 +205,14 @@ class MqttAdapter:
         self._on_disconnected = on_disconnected
         self._on_retained_command = on_retained_command
         self._before_ack = before_ack
-        self._pending_acks: list[tuple[int, int]] = []
+        # Message ids and QoS of what we have not acknowledged yet, in arrival order; the first one
+        # is arrival number _acked. Two bytes and one each: a flood holds tens of thousands.
+        self._ack_mids = array("H")
+        self._ack_qos = array("B")
+        self._acked = 0
+        # Commands that arrived while back-pressure was on: (arrival number, command), not run and
+        # not acknowledged until the queue drains (see _handle_message).
+        self._held: deque[tuple[int, Command]] = deque()
         self._handlers = dict(handlers or {})
         # Topic filter -> handler(topic, payload, retained); tried after the exact topics.
         self._filter_handlers = dict(filter_handlers or {})
@@ -208,6 +222,7 @@ class MqttAdapter:
         self._response_denied = (self._base,) + ((discovery_prefix,) if discovery_prefix else ())
         self._overflow: deque[_Queued] = deque()
         self.backpressure = False
+        self._pressure_warned = -60.0  # when back-pressure was last logged at WARNING
         self._auto = config.protocol == "auto"
         # auto starts with MQTT 5 and falls back to 3.1.1 when the broker refuses it.
         self._v5 = config.protocol != "3.1.1"
@@ -265,7 +280,7 @@ class MqttAdapter:
         client.will_set(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True)
         # Unbounded queue while offline: states must survive a broker restart.
         client.max_queued_messages_set(0)
-        client.max_inflight_messages_set(1000)
+        client.max_inflight_messages_set(PAHO_WINDOW)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -577,7 +592,9 @@ class MqttAdapter:
             log.warning("could not verify that the broker honours mqtt.shared_group (disconnected during the check)")
         # Acks for this connection can no longer be sent; the broker redelivers those commands
         # (DUP) on our persistent session and the service recognises the ones it already runs.
-        self._pending_acks.clear()
+        self._acked += len(self._ack_mids)
+        del self._ack_mids[:], self._ack_qos[:]
+        self._held.clear()  # unacknowledged: the broker delivers them again on our persistent session
         if was_connected and not self._stopping:
             self._drop_reason = disconnect_reason(flags, reason)
             self._taken_over = getattr(reason, "value", None) == SESSION_TAKEN_OVER
@@ -591,12 +608,14 @@ class MqttAdapter:
         self._disconnected.set()
 
     def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        arrival = self._acked + len(self._ack_mids)
         if message.qos > 0:
             # Every message is acknowledged, in arrival order (MQTT requires it), once per loop pass.
-            if not self._pending_acks:
+            if not self._ack_mids:
                 assert self._loop is not None
                 self._loop.call_soon(self._flush_acks)
-            self._pending_acks.append((message.mid, message.qos))
+            self._ack_mids.append(message.mid)
+            self._ack_qos.append(message.qos)
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -651,15 +670,42 @@ class MqttAdapter:
                           message.qos, bool(message.retain), bool(message.dup),
                           f", response topic {shown(response_topic)}" if response_topic else "",
                           extra={"device": device, "request_id": request_id_of(payload)})
-            self._on_command(Command(device, payload, response_topic, correlation, bool(message.dup)))
+            # Interned: the device id of every command held or queued for one device is one string.
+            command = Command(sys.intern(device), payload, response_topic, correlation, bool(message.dup))
+            if message.qos > 0 and (self._held or self.backpressure):
+                # Back-pressure holds our acknowledgements, so the broker should stop at our Receive
+                # Maximum; Mosquitto 2.0 does not always (eclipse/mosquitto#2301: measured, 26,000
+                # commands past it in a flood). What comes anyway waits here, unacknowledged and
+                # not run, in order, instead of each adding a cloud call and a state to the queue.
+                self._held.append((arrival, command))
+                return
+            self._hand_over(command)
         except Exception:
             log.exception("failed to hand over a message on %s", message.topic)
+
+    def _hand_over(self, command: Command) -> None:
+        try:
+            self._on_command(command)
+        except Exception:
+            log.exception("failed to hand over a command", extra={"device": command.device})
+
+    def _release_held(self) -> None:
+        """Run held commands, a Receive Maximum's worth per loop pass, while the queue has room."""
+        released = 0
+        while self._held and released < RECEIVE_MAXIMUM and not self._held_back():
+            self._hand_over(self._held.popleft()[1])
+            released += 1
+        if self._held and released and not self.backpressure:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_acks)
 
     def _flush_acks(self, *, closing: bool = False) -> None:
         # Closing, back-pressure no longer matters: what the journal holds is acknowledged, or the
         # broker would deliver it again at the next start and the journal would run it twice.
-        if not self._pending_acks or (self._held_back() and not closing):
+        if not self._ack_mids or (self._held_back() and not closing):
             return
+        if not closing:
+            self._release_held()
         if self._before_ack is not None:
             try:
                 durable = self._before_ack()
@@ -670,27 +716,39 @@ class MqttAdapter:
                 # Kept, not acknowledged: the broker stops sending once its in-flight window is full.
                 # resume_acks() sends them when the journal can be written again.
                 return
-        acks, self._pending_acks = self._pending_acks, []
-        for mid, qos in acks:
-            self.client.ack(mid, qos)
+        # Up to the first held command: it is not in the journal yet, and acknowledgements go in order.
+        count = self._held[0][0] - self._acked if self._held else len(self._ack_mids)
+        mids, qos = self._ack_mids, self._ack_qos
+        for i in range(count):
+            self.client.ack(mids[i], qos[i])
+        del mids[:count], qos[:count]
+        self._acked += count
 
     def resume_acks(self) -> None:
         """Acknowledge the commands held back (the journal is writable again, or the queue drained)."""
         self._flush_acks()
 
+    def _in_paho(self) -> int:
+        # paho's outgoing queue: private, but the only count there is.
+        return len(getattr(self.client, "_out_messages", ()))
+
     def _waiting_publishes(self) -> int:
-        # paho's outgoing queue (private, but the only count there is) plus what it refused.
-        return len(getattr(self.client, "_out_messages", ())) + len(self._overflow)
+        return self._in_paho() + len(self._overflow)
 
     def _held_back(self) -> bool:
         """Back-pressure: too many messages wait for the broker to take more commands now."""
         waiting = self._waiting_publishes()
-        if not self.backpressure and (waiting > PUBLISH_HIGH_WATER or self._overflow):
+        if not self.backpressure and waiting > PUBLISH_HIGH_WATER:
             self.backpressure = True
-            log.warning("%d messages wait for the broker: not taking commands until they are through", waiting)
-        elif self.backpressure and waiting <= PUBLISH_HIGH_WATER // 2 and not self._overflow:
+            # In a flood this switches several times a second: one WARNING a minute, the rest DEBUG.
+            now = time.monotonic()
+            level = logging.WARNING if now - self._pressure_warned >= 60 else logging.DEBUG
+            if level == logging.WARNING:
+                self._pressure_warned = now
+            log.log(level, "%d messages wait for the broker: not taking commands until they are through", waiting)
+        elif self.backpressure and waiting <= PUBLISH_HIGH_WATER // 2:
             self.backpressure = False
-            log.warning("the broker has caught up: taking commands again")
+            log.debug("the broker has caught up: taking commands again (%d held)", len(self._held))
         return self.backpressure
 
     def _handle_publish(
@@ -698,8 +756,9 @@ class MqttAdapter:
     ) -> None:
         callback = self._acks.pop(mid, None)
         if self._overflow:
-            self._send_overflow()
+            self._send_overflow(acked=1)  # paho drops this message from its queue after this callback
         if not self._acks and not self._overflow:
+            self._acks = {}  # a dict keeps the table of its largest size; this one was a flood's
             self._all_acked.set()
         if callback is not None:
             try:
@@ -709,8 +768,8 @@ class MqttAdapter:
         if self.backpressure and not self._held_back():
             self._flush_acks()
 
-    def _send_overflow(self) -> None:
-        while self._overflow:
+    def _send_overflow(self, acked: int = 0) -> None:
+        while self._overflow and self._in_paho() - acked < PAHO_WINDOW:
             item = self._overflow[0]
             info = self._paho_publish(item)
             if info is not None and info.rc == paho.MQTT_ERR_QUEUE_SIZE:
@@ -718,7 +777,7 @@ class MqttAdapter:
             self._overflow.popleft()
             if info is not None:
                 self._track(info, item)
-        if not self._acks:
+        if not self._acks and not self._overflow:
             self._all_acked.set()
 
     def _tick(self) -> None:
@@ -747,8 +806,9 @@ class MqttAdapter:
         cannot be published at all (too long, a wildcard, not UTF-8).
         """
         item = _Queued(topic, payload, self._config.qos if qos is None else qos, retain, properties, on_acked)
-        if self._overflow:
+        if self._overflow or self._in_paho() >= PAHO_WINDOW:
             self._overflow.append(item)  # behind what already waits, in order
+            self._all_acked.clear()
             return True
         info = self._paho_publish(item)
         if info is None:
