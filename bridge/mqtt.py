@@ -210,9 +210,11 @@ class MqttAdapter:
         self._ack_mids = array("H")
         self._ack_qos = array("B")
         self._acked = 0
-        # Commands that arrived while back-pressure was on: (arrival number, command), not run and
-        # not acknowledged until the queue drains (see _handle_message).
-        self._held: deque[tuple[int, Command]] = deque()
+        # Commands that arrived while back-pressure was on, not run and not acknowledged until the
+        # queue drains (see _handle_message), and their arrival numbers from _held_at[_held_head] on.
+        self._held: deque[Command] = deque()
+        self._held_at = array("Q")
+        self._held_head = 0
         self._handlers = dict(handlers or {})
         # Topic filter -> handler(topic, payload, retained); tried after the exact topics.
         self._filter_handlers = dict(filter_handlers or {})
@@ -594,7 +596,10 @@ class MqttAdapter:
         # (DUP) on our persistent session and the service recognises the ones it already runs.
         self._acked += len(self._ack_mids)
         del self._ack_mids[:], self._ack_qos[:]
-        self._held.clear()  # unacknowledged: the broker delivers them again on our persistent session
+        # Unacknowledged: the broker delivers them again on our persistent session.
+        self._held.clear()
+        del self._held_at[:]
+        self._held_head = 0
         if was_connected and not self._stopping:
             self._drop_reason = disconnect_reason(flags, reason)
             self._taken_over = getattr(reason, "value", None) == SESSION_TAKEN_OVER
@@ -677,7 +682,8 @@ class MqttAdapter:
                 # Maximum; Mosquitto 2.0 does not always (eclipse/mosquitto#2301: measured, 26,000
                 # commands past it in a flood). What comes anyway waits here, unacknowledged and
                 # not run, in order, instead of each adding a cloud call and a state to the queue.
-                self._held.append((arrival, command))
+                self._held.append(command)
+                self._held_at.append(arrival)
                 return
             self._hand_over(command)
         except Exception:
@@ -693,8 +699,12 @@ class MqttAdapter:
         """Run held commands, a Receive Maximum's worth per loop pass, while the queue has room."""
         released = 0
         while self._held and released < RECEIVE_MAXIMUM and not self._held_back():
-            self._hand_over(self._held.popleft()[1])
+            self._hand_over(self._held.popleft())
+            self._held_head += 1
             released += 1
+        if self._held_head > len(self._held_at) // 2:
+            del self._held_at[: self._held_head]
+            self._held_head = 0
         if self._held and released and not self.backpressure:
             assert self._loop is not None
             self._loop.call_soon(self._flush_acks)
@@ -717,7 +727,7 @@ class MqttAdapter:
                 # resume_acks() sends them when the journal can be written again.
                 return
         # Up to the first held command: it is not in the journal yet, and acknowledgements go in order.
-        count = self._held[0][0] - self._acked if self._held else len(self._ack_mids)
+        count = self._held_at[self._held_head] - self._acked if self._held else len(self._ack_mids)
         mids, qos = self._ack_mids, self._ack_qos
         for i in range(count):
             self.client.ack(mids[i], qos[i])
