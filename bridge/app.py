@@ -336,6 +336,7 @@ async def run_bridge(config: Config, stop: asyncio.Event) -> None:
         max_payload_bytes=config.bridge.max_payload_bytes,
         discovery_prefix=config.homeassistant.prefix,
     )
+    metrics.watch_mqtt(lambda: adapter.waiting_publishes, lambda: adapter.held_commands)
     publisher: StatePublisher = adapter
     if config.homeassistant.enabled and config.devices:
         publisher = ObservedPublisher(adapter, companion.observe_state)

@@ -143,6 +143,16 @@ class Metrics:
                        "Connections opened to the cloud since start.", registry=self.registry)
         opened.set_function(connections)
 
+    def watch_mqtt(self, waiting: Callable[[], float], held: Callable[[], float]) -> None:
+        """Expose the MQTT side's queues, read at scrape time (back-pressure, bridge/mqtt.py)."""
+        queued = Gauge("capture_bridge_mqtt_waiting",
+                       "Messages the broker has not acknowledged yet, or that wait for room to be sent.",
+                       registry=self.registry)
+        queued.set_function(waiting)
+        kept = Gauge("capture_bridge_commands_held",
+                     "Commands received under back-pressure: not run, not acknowledged yet.", registry=self.registry)
+        kept.set_function(held)
+
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)

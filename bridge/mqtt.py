@@ -745,6 +745,16 @@ class MqttAdapter:
     def _waiting_publishes(self) -> int:
         return self._in_paho() + len(self._overflow)
 
+    @property
+    def waiting_publishes(self) -> int:
+        """Messages the broker has not acknowledged yet, or that wait for room to be sent."""
+        return self._waiting_publishes()
+
+    @property
+    def held_commands(self) -> int:
+        """Commands received under back-pressure, not run and not acknowledged yet."""
+        return len(self._held)
+
     def _held_back(self) -> bool:
         """Back-pressure: too many messages wait for the broker to take more commands now."""
         waiting = self._waiting_publishes()
@@ -792,10 +802,10 @@ class MqttAdapter:
 
     def _tick(self) -> None:
         # Once a second: what waits in the overflow is retried even when no acknowledgement comes
-        # to trigger it, and held-back commands are acknowledged once the queue is short again.
+        # to trigger it, and held-back commands run and are acknowledged once the queue is short again.
         if self._overflow:
             self._send_overflow()
-        if self.backpressure and not self._held_back():
+        if (self.backpressure and not self._held_back()) or (self._held and not self.backpressure):
             self._flush_acks()
 
     # --- publishing -------------------------------------------------------------

@@ -81,6 +81,7 @@ def test_commands_that_arrive_under_back_pressure_wait_unacknowledged_and_run_in
             await asyncio.to_thread(probe.publish, f"{base_topic}/dev-{i % 3}/capture/set", {"request_id": f"r{i}"})
         await asyncio.sleep(0.5)  # ok: proving that nothing happens for a while
         assert received == []  # held: not run
+        assert adapter.held_commands == 30
         await adapter.close()  # ...and not acknowledged: the broker delivers them again
         task.cancel()
 

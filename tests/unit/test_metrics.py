@@ -222,3 +222,13 @@ def test_healthz_reports_reasons_and_the_cloud_apart() -> None:
             "the broker refused the subscription to devices/+/capture/set"], "cloud": "unknown"}
     finally:
         srv.stop()
+
+
+def test_mqtt_queue_gauges_are_read_at_scrape_time() -> None:
+    metrics = Metrics()
+    queues = {"waiting": 0, "held": 0}
+    metrics.watch_mqtt(lambda: queues["waiting"], lambda: queues["held"])
+    assert sample(metrics, "capture_bridge_mqtt_waiting") == 0
+    queues.update(waiting=2500, held=31)
+    assert sample(metrics, "capture_bridge_mqtt_waiting") == 2500
+    assert sample(metrics, "capture_bridge_commands_held") == 31
