@@ -174,7 +174,9 @@ class Announcer:
         if self._firing:
             self._in_flight += 1
             on_acked = self._acked
-        if not self._send(topic, payload, qos=1, retain=retain, on_acked=on_acked) and on_acked is not None:
+        # bulk: an announcement is bounded (one at a time) and must not hold commands back.
+        if not self._send(topic, payload, qos=1, retain=retain, on_acked=on_acked, bulk=self._firing) \
+                and on_acked is not None:
             self._acked()
 
     def _acked(self) -> None:

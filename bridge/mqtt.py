@@ -133,7 +133,26 @@ class _Queued(NamedTuple):
 
 def shown(topic: str, limit: int = 120) -> str:
     """A topic short enough for a log line."""
-    return topic if len(topic) <= limit else f"{topic[:limit]}... ({len(topic.encode())} bytes)"
+    return topic if len(topic) <= limit else f"{topic[:limit]}... ({len(topic.encode('utf-8', 'surrogatepass'))} bytes)"
+
+
+def unpublishable(topic: str) -> str | None:
+    """Why paho would refuse to publish to `topic` (it raises ValueError), or None.
+
+    Checked before a message is queued in the bridge, not only when paho gets it: by then the
+    caller has been told it was sent.
+    """
+    try:
+        encoded = topic.encode()
+    except UnicodeEncodeError:
+        return "the topic is not UTF-8"
+    if not encoded:
+        return "the topic is empty"
+    if b"+" in encoded or b"#" in encoded:
+        return "a wildcard in a topic to publish to"
+    if len(encoded) > 65535:
+        return "the topic is longer than 65,535 bytes"
+    return None
 
 
 def response_topic_refusal(topic: str, allowed: Sequence[str], denied: Sequence[str]) -> str | None:
@@ -225,6 +244,7 @@ class MqttAdapter:
         self._overflow: deque[_Queued] = deque()
         self.backpressure = False
         self._pressure_warned = -60.0  # when back-pressure was last logged at WARNING
+        self._bulk = 0  # waiting messages that are part of a discovery announcement
         self._auto = config.protocol == "auto"
         # auto starts with MQTT 5 and falls back to 3.1.1 when the broker refuses it.
         self._v5 = config.protocol != "3.1.1"
@@ -757,7 +777,7 @@ class MqttAdapter:
 
     def _held_back(self) -> bool:
         """Back-pressure: too many messages wait for the broker to take more commands now."""
-        waiting = self._waiting_publishes()
+        waiting = self._waiting_publishes() - self._bulk
         if not self.backpressure and waiting > PUBLISH_HIGH_WATER:
             self.backpressure = True
             # In a flood this switches several times a second: one WARNING a minute, the rest DEBUG.
@@ -797,6 +817,8 @@ class MqttAdapter:
             self._overflow.popleft()
             if info is not None:
                 self._track(info, item)
+            elif item.on_acked is not None:
+                item.on_acked()  # refused after all (checked in publish()): never hang on it
         if not self._acks and not self._overflow:
             self._all_acked.set()
 
@@ -819,12 +841,22 @@ class MqttAdapter:
         retain: bool = False,
         properties: Properties | None = None,
         on_acked: Callable[[], None] | None = None,
+        bulk: bool = False,
     ) -> bool:
         """Publish (queued while disconnected or while paho's queue is full); never raises.
 
         `on_acked` runs when the broker has it. Returns False, after a WARNING, when the topic
-        cannot be published at all (too long, a wildcard, not UTF-8).
+        cannot be published at all (too long, a wildcard, not UTF-8). A `bulk` message (part of
+        a discovery announcement, which bounds itself) does not count towards back-pressure:
+        commands are not held while Home Assistant is told about 3,000 cameras.
         """
+        refused = unpublishable(topic)
+        if refused is not None:
+            log.warning("cannot publish to %s: %s", shown(topic), refused)
+            return False
+        if bulk:
+            self._bulk += 1
+            on_acked = self._bulk_acked(on_acked)
         item = _Queued(topic, payload, self._config.qos if qos is None else qos, retain, properties, on_acked)
         if self._overflow or self._in_paho() >= PAHO_WINDOW:
             self._overflow.append(item)  # behind what already waits, in order
@@ -832,6 +864,8 @@ class MqttAdapter:
             return True
         info = self._paho_publish(item)
         if info is None:
+            if bulk:
+                self._bulk -= 1
             return False
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             # States are never dropped: kept here until acknowledgements make room (_handle_publish).
@@ -840,6 +874,14 @@ class MqttAdapter:
             return True
         self._track(info, item)
         return True
+
+    def _bulk_acked(self, then: Callable[[], None] | None) -> Callable[[], None]:
+        def acked() -> None:
+            self._bulk = max(0, self._bulk - 1)
+            if then is not None:
+                then()
+
+        return acked
 
     def _paho_publish(self, item: _Queued) -> paho.MQTTMessageInfo | None:
         try:

@@ -108,3 +108,35 @@ def test_commands_that_arrive_under_back_pressure_wait_unacknowledged_and_run_in
         task.cancel()
 
     asyncio.run(go())
+
+
+def test_a_discovery_announcement_does_not_hold_commands_back(broker: Broker, base_topic: str) -> None:
+    # 3,000 cameras are ~42,000 discovery messages: commands must not wait for Home Assistant's
+    # announcement to drain (the announcement bounds itself: one at a time).
+    async def go() -> tuple[bool, bool]:
+        config = MqttConfig(url=broker.url, client_id=f"bulk-{base_topic}", base_topic=base_topic)
+        adapter = MqttAdapter(config, lambda command: None, before_ack=lambda: True)
+        task = asyncio.create_task(adapter.run())
+        deadline = time.monotonic() + 10
+        while not adapter.connected:
+            assert time.monotonic() < deadline, "adapter did not connect"
+            await asyncio.sleep(0.02)  # ok: polling a flag with a deadline
+        acked: list[int] = []
+        for i in range(PUBLISH_HIGH_WATER + 500):
+            adapter.publish(f"ha-{base_topic}/camera/{i}/config", b"{}", qos=1, retain=False,
+                            on_acked=lambda: acked.append(1), bulk=True)
+        bulk_held_back = adapter._held_back()
+        for i in range(PUBLISH_HIGH_WATER + 500):
+            adapter.publish_state("dev", json.dumps({"n": i}).encode(), retain=False)
+        states_held_back = adapter._held_back()
+        deadline = time.monotonic() + 20
+        while len(acked) < PUBLISH_HIGH_WATER + 500:  # every bulk message still reaches the broker
+            assert time.monotonic() < deadline, f"{len(acked)} bulk messages acknowledged"
+            await asyncio.sleep(0.05)  # ok: polling a count with a deadline
+        await adapter.close()
+        task.cancel()
+        return bulk_held_back, states_held_back
+
+    bulk_held_back, states_held_back = asyncio.run(go())
+    assert not bulk_held_back
+    assert states_held_back

@@ -25,7 +25,7 @@ from bridge.config import Config
 from bridge.errors import CloudError, ConfigError, ErrorCode, InvalidCommand
 from bridge.journal import Journal, JournalError
 from bridge.logs import HumanFormatter, redact
-from bridge.mqtt import response_topic_refusal
+from bridge.mqtt import response_topic_refusal, unpublishable
 from tests.unit.test_service import GUID, FakeCloud, FakePublisher, cmd, ok_reply, run, service, settle
 
 # --- 2. lone surrogates --------------------------------------------------------------------
@@ -399,8 +399,11 @@ def test_announcements_coalesce_and_are_rate_limited() -> None:
     async def go() -> None:
         sent: list[tuple[str, Any]] = []
 
+        bulk: list[bool] = []
+
         def send(topic: str, payload: bytes, **kw: Any) -> bool:
             sent.append((topic, kw["on_acked"]))
+            bulk.append(kw["bulk"])
             return True
 
         def announce() -> None:
@@ -423,5 +426,20 @@ def test_announcements_coalesce_and_are_rate_limited() -> None:
         assert len(sent) == 4
         announcer.publish("settings", b"{}", True)  # outside an announcement: no ack hook
         assert sent[-1] == ("settings", None)
+        # Announcements do not count towards back-pressure; a settings echo (one per client message) does.
+        assert bulk == [True, True, True, True, False]
 
     run(go())
+
+
+@pytest.mark.parametrize(
+    ("topic", "why"),
+    [("a/#", "wildcard"), ("a/+/b", "wildcard"), ("", "empty"), ("x" * 65536, "65,535"), ("a/\ud800", "UTF-8")],
+)
+def test_a_topic_paho_would_refuse_is_refused_before_it_is_queued(topic: str, why: str) -> None:
+    assert why in (unpublishable(topic) or "")
+
+
+def test_a_publishable_topic_passes() -> None:
+    assert unpublishable("devices/truck-12/capture/state") is None
+    assert unpublishable("x" * 65535) is None
