@@ -699,8 +699,8 @@ class MqttAdapter:
             command = Command(sys.intern(device), payload, response_topic, correlation, bool(message.dup))
             if message.qos > 0 and (self._held or self.backpressure):
                 # Back-pressure holds our acknowledgements, so the broker should stop at our Receive
-                # Maximum; Mosquitto 2.0 does not always (eclipse/mosquitto#2301: measured, 26,000
-                # commands past it in a flood). What comes anyway waits here, unacknowledged and
+                # Maximum; Mosquitto 2.0 does not always (eclipse/mosquitto#2301: measured, 70,000
+                # commands past it in make flood). What comes anyway waits here, unacknowledged and
                 # not run, in order, instead of each adding a cloud call and a state to the queue.
                 self._held.append(command)
                 self._held_at.append(arrival)
