@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -229,9 +230,10 @@ class MqttAdapter:
         self._ack_mids = array("H")
         self._ack_qos = array("B")
         self._acked = 0
-        # Commands that arrived while back-pressure was on, not run and not acknowledged until the
-        # queue drains (see _handle_message), and their arrival numbers from _held_at[_held_head] on.
-        self._held: deque[Command] = deque()
+        # Commands (and settings changes) that arrived while back-pressure was on, not run and not
+        # acknowledged until the queue drains (see _handle_message), and their arrival numbers from
+        # _held_at[_held_head] on.
+        self._held: deque[Command | Callable[[], None]] = deque()
         self._held_at = array("Q")
         self._held_head = 0
         self._handlers = dict(handlers or {})
@@ -660,7 +662,13 @@ class MqttAdapter:
                 return
             for topic_filter, on_match in self._filter_handlers.items():
                 if paho.topic_matches_sub(topic_filter, topic):
-                    on_match(topic, bytes(message.payload), bool(message.retain))
+                    call = functools.partial(on_match, topic, bytes(message.payload), bool(message.retain))
+                    if topics.device_of_settings_set(topic, self._base) is not None:
+                        # Keeps its place among the commands: a held command must not run with
+                        # settings sent after it.
+                        self._run_or_hold(message.qos, arrival, call)
+                    else:
+                        call()
                     return
             device = topics.device_of(topic, self._base)
             if device is None:
@@ -697,23 +705,29 @@ class MqttAdapter:
                           extra={"device": device, "request_id": request_id_of(payload)})
             # Interned: the device id of every command held or queued for one device is one string.
             command = Command(sys.intern(device), payload, response_topic, correlation, bool(message.dup))
-            if message.qos > 0 and (self._held or self.backpressure):
-                # Back-pressure holds our acknowledgements, so the broker should stop at our Receive
-                # Maximum; Mosquitto 2.0 does not always (eclipse/mosquitto#2301: measured, 70,000
-                # commands past it in make flood). What comes anyway waits here, unacknowledged and
-                # not run, in order, instead of each adding a cloud call and a state to the queue.
-                self._held.append(command)
-                self._held_at.append(arrival)
-                return
-            self._hand_over(command)
+            self._run_or_hold(message.qos, arrival, command)
         except Exception:
             log.exception("failed to hand over a message on %s", message.topic)
 
-    def _hand_over(self, command: Command) -> None:
+    def _run_or_hold(self, qos: int, arrival: int, item: Command | Callable[[], None]) -> None:
+        if qos > 0 and (self._held or self.backpressure):
+            # Back-pressure holds our acknowledgements, so the broker should stop at our Receive
+            # Maximum; Mosquitto 2.0 does not always (eclipse/mosquitto#2301: measured, 70,000
+            # commands past it in make flood). What comes anyway waits here, unacknowledged and
+            # not run, in order, instead of each adding a cloud call and a state to the queue.
+            self._held.append(item)
+            self._held_at.append(arrival)
+            return
+        self._hand_over(item)
+
+    def _hand_over(self, item: Command | Callable[[], None]) -> None:
         try:
-            self._on_command(command)
+            if isinstance(item, Command):
+                self._on_command(item)
+            else:
+                item()
         except Exception:
-            log.exception("failed to hand over a command", extra={"device": command.device})
+            log.exception("failed to hand over a command")
 
     def _release_held(self) -> None:
         """Run held commands, a Receive Maximum's worth per loop pass, while the queue has room."""

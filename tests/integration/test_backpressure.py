@@ -1,4 +1,4 @@
-"""paho's queue full (MQTT_ERR_QUEUE_SIZE) through a real broker: states wait, they are never dropped."""
+"""Back-pressure through a real broker: states wait and are never dropped; commands wait, in order."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 
+from bridge import topics
 from bridge.config import MqttConfig
 from bridge.mqtt import PUBLISH_HIGH_WATER, MqttAdapter
 from bridge.service import Command
@@ -140,3 +141,46 @@ def test_a_discovery_announcement_does_not_hold_commands_back(broker: Broker, ba
     bulk_held_back, states_held_back = asyncio.run(go())
     assert not bulk_held_back
     assert states_held_back
+
+
+def test_a_settings_change_keeps_its_place_behind_held_commands(
+    broker: Broker, probe: Probe, base_topic: str
+) -> None:
+    # A held capture runs later; it must not pick up settings that were sent after it.
+    seen: list[str] = []
+    pressure = [True]
+
+    async def go() -> None:
+        config = MqttConfig(url=broker.url, client_id=f"order-{base_topic}", base_topic=base_topic)
+        adapter = MqttAdapter(
+            config,
+            lambda command: seen.append("capture " + json.loads(command.payload)["request_id"]),
+            before_ack=lambda: True,
+            filter_handlers={topics.settings_set_filter(base_topic): lambda t, p, r: seen.append("settings")},
+        )
+        real = adapter._held_back
+        adapter._held_back = lambda: pressure[0] or real()  # type: ignore[method-assign]
+        adapter.backpressure = True
+        task = asyncio.create_task(adapter.run())
+        deadline = time.monotonic() + 10
+        while not adapter.listening or adapter._subscribing:
+            assert time.monotonic() < deadline, "no subscriptions"
+            await asyncio.sleep(0.02)  # ok: polling a flag with a deadline
+        await asyncio.to_thread(probe.publish, f"{base_topic}/truck/capture/set", {"request_id": "r1"})
+        await asyncio.to_thread(probe.publish, topics.settings_set_topic(base_topic, "truck"), {"resolution": "1080p"})
+        await asyncio.to_thread(probe.publish, f"{base_topic}/truck/capture/set", {"request_id": "r2"})
+        deadline = time.monotonic() + 10
+        while adapter.held_commands < 3:
+            assert time.monotonic() < deadline, f"{adapter.held_commands} held"
+            await asyncio.sleep(0.02)  # ok: polling a count with a deadline
+        assert seen == []
+        pressure[0] = False
+        deadline = time.monotonic() + 10
+        while len(seen) < 3:
+            assert time.monotonic() < deadline, f"released: {seen}"
+            await asyncio.sleep(0.02)  # ok: polling a list with a deadline
+        assert seen == ["capture r1", "settings", "capture r2"]
+        await adapter.close()
+        task.cancel()
+
+    asyncio.run(go())
