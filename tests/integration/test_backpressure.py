@@ -15,6 +15,14 @@ from tests.support.broker import Broker
 from tests.support.probe import Probe
 
 
+async def until(check: Callable[[], bool], what: Callable[[], str] | str, seconds: float = 10) -> None:
+    """Wait for a condition with a deadline (the event loop keeps running meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        await asyncio.sleep(0.02)  # ok: polling a condition with a deadline
+
+
 def test_states_are_kept_in_order_when_paho_refuses_more_and_commands_wait(
     broker: Broker, probe: Probe, base_topic: str
 ) -> None:
@@ -28,10 +36,7 @@ def test_states_are_kept_in_order_when_paho_refuses_more_and_commands_wait(
         # paho's own limit, made small: it answers MQTT_ERR_QUEUE_SIZE exactly as at 65,535 waiting.
         adapter.client.max_queued_messages_set(20)
         task = asyncio.create_task(adapter.run())
-        deadline = time.monotonic() + 10
-        while not adapter.connected:
-            assert time.monotonic() < deadline, "adapter did not connect"
-            await asyncio.sleep(0.02)  # ok: polling a flag with a deadline
+        await until(lambda: adapter.connected, "adapter did not connect")
         for i in range(total):
             adapter.publish_state("dev", json.dumps({"status": "ok", "n": i}).encode())
         # What _flush_acks asks before acknowledging commands (absent before the fix: never held).
@@ -68,12 +73,6 @@ def test_commands_that_arrive_under_back_pressure_wait_unacknowledged_and_run_in
         adapter.backpressure = pressure[0]
         return adapter
 
-    async def until(check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 10
-        while not check():
-            assert time.monotonic() < deadline, what
-            await asyncio.sleep(0.02)  # ok: polling a condition with a deadline
-
     async def go() -> None:
         adapter = adapter_for()
         task = asyncio.create_task(adapter.run())
@@ -93,7 +92,7 @@ def test_commands_that_arrive_under_back_pressure_wait_unacknowledged_and_run_in
         await asyncio.sleep(0.5)  # ok: proving that nothing happens for a while
         assert received == []
         pressure[0] = False  # the broker caught up: held commands run, in arrival order
-        await until(lambda: len(received) >= 30, f"held commands not released: {len(received)}")
+        await until(lambda: len(received) >= 30, lambda: f"held commands not released: {len(received)}")
         assert [json.loads(c.payload)["request_id"] for c in received] == [f"r{i}" for i in range(30)]
         await again.close()
         task.cancel()
@@ -118,10 +117,7 @@ def test_a_discovery_announcement_does_not_hold_commands_back(broker: Broker, ba
         config = MqttConfig(url=broker.url, client_id=f"bulk-{base_topic}", base_topic=base_topic)
         adapter = MqttAdapter(config, lambda command: None, before_ack=lambda: True)
         task = asyncio.create_task(adapter.run())
-        deadline = time.monotonic() + 10
-        while not adapter.connected:
-            assert time.monotonic() < deadline, "adapter did not connect"
-            await asyncio.sleep(0.02)  # ok: polling a flag with a deadline
+        await until(lambda: adapter.connected, "adapter did not connect")
         acked: list[int] = []
         for i in range(PUBLISH_HIGH_WATER + 500):
             adapter.publish(f"ha-{base_topic}/camera/{i}/config", b"{}", qos=1, retain=False,
@@ -130,10 +126,9 @@ def test_a_discovery_announcement_does_not_hold_commands_back(broker: Broker, ba
         for i in range(PUBLISH_HIGH_WATER + 500):
             adapter.publish_state("dev", json.dumps({"n": i}).encode(), retain=False)
         states_held_back = adapter._held_back()
-        deadline = time.monotonic() + 20
-        while len(acked) < PUBLISH_HIGH_WATER + 500:  # every bulk message still reaches the broker
-            assert time.monotonic() < deadline, f"{len(acked)} bulk messages acknowledged"
-            await asyncio.sleep(0.05)  # ok: polling a count with a deadline
+        # Every bulk message still reaches the broker.
+        await until(lambda: len(acked) >= PUBLISH_HIGH_WATER + 500, lambda: f"{len(acked)} bulk messages acknowledged",
+                    seconds=20)
         await adapter.close()
         task.cancel()
         return bulk_held_back, states_held_back
@@ -162,23 +157,14 @@ def test_a_settings_change_keeps_its_place_behind_held_commands(
         adapter._held_back = lambda: pressure[0] or real()  # type: ignore[method-assign]
         adapter.backpressure = True
         task = asyncio.create_task(adapter.run())
-        deadline = time.monotonic() + 10
-        while not adapter.listening or adapter._subscribing:
-            assert time.monotonic() < deadline, "no subscriptions"
-            await asyncio.sleep(0.02)  # ok: polling a flag with a deadline
+        await until(lambda: adapter.listening and not adapter._subscribing, "no subscriptions")
         await asyncio.to_thread(probe.publish, f"{base_topic}/truck/capture/set", {"request_id": "r1"})
         await asyncio.to_thread(probe.publish, topics.settings_set_topic(base_topic, "truck"), {"resolution": "1080p"})
         await asyncio.to_thread(probe.publish, f"{base_topic}/truck/capture/set", {"request_id": "r2"})
-        deadline = time.monotonic() + 10
-        while adapter.held_commands < 3:
-            assert time.monotonic() < deadline, f"{adapter.held_commands} held"
-            await asyncio.sleep(0.02)  # ok: polling a count with a deadline
+        await until(lambda: adapter.held_commands >= 3, lambda: f"{adapter.held_commands} held")
         assert seen == []
         pressure[0] = False
-        deadline = time.monotonic() + 10
-        while len(seen) < 3:
-            assert time.monotonic() < deadline, f"released: {seen}"
-            await asyncio.sleep(0.02)  # ok: polling a list with a deadline
+        await until(lambda: len(seen) >= 3, lambda: f"released: {seen}")
         assert seen == ["capture r1", "settings", "capture r2"]
         await adapter.close()
         task.cancel()
