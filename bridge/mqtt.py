@@ -727,7 +727,8 @@ class MqttAdapter:
             else:
                 item()
         except Exception:
-            log.exception("failed to hand over a command")
+            device = item.device if isinstance(item, Command) else None
+            log.exception("failed to hand over a command", extra={"device": device})
 
     def _release_held(self) -> None:
         """Run held commands, a Receive Maximum's worth per loop pass, while the queue has room."""
@@ -776,13 +777,10 @@ class MqttAdapter:
         # paho's outgoing queue: private, but the only count there is.
         return len(getattr(self.client, "_out_messages", ()))
 
-    def _waiting_publishes(self) -> int:
-        return self._in_paho() + len(self._overflow)
-
     @property
     def waiting_publishes(self) -> int:
         """Messages the broker has not acknowledged yet, or that wait for room to be sent."""
-        return self._waiting_publishes()
+        return self._in_paho() + len(self._overflow)
 
     @property
     def held_commands(self) -> int:
@@ -791,7 +789,7 @@ class MqttAdapter:
 
     def _held_back(self) -> bool:
         """Back-pressure: too many messages wait for the broker to take more commands now."""
-        waiting = self._waiting_publishes() - self._bulk
+        waiting = self.waiting_publishes - self._bulk
         if not self.backpressure and waiting > PUBLISH_HIGH_WATER:
             self.backpressure = True
             # In a flood this switches several times a second: one WARNING a minute, the rest DEBUG.
