@@ -13,18 +13,20 @@ import ssl
 import time
 from collections.abc import Callable
 
-from bridge import __version__, discovery, topics
-from bridge.cloud import CloudClient
-from bridge.command import Limits
-from bridge.companion import Companion
+from bridge import __version__
 from bridge.config import CloudConfig, Config
-from bridge.errors import BridgeError, ConfigError, ErrorCode
-from bridge.journal import Journal, JournalEntry, JournalError
-from bridge.metrics import Health, Metrics, MetricsServer
-from bridge.mqtt import MqttAdapter
-from bridge.service import CaptureService, Command, StatePublisher
-from bridge.settings import SettingsStore
-from bridge.transport import AiohttpTransport
+from bridge.core import topics
+from bridge.core.command import Limits
+from bridge.core.errors import BridgeError, ConfigError, ErrorCode
+from bridge.core.settings import SettingsStore
+from bridge.features import discovery
+from bridge.features.companion import Companion
+from bridge.infra.cloud import CloudClient
+from bridge.infra.journal import Journal, JournalEntry, JournalError
+from bridge.infra.metrics import Health, Metrics, MetricsServer
+from bridge.infra.transport import AiohttpTransport
+from bridge.mqtt.adapter import MqttAdapter
+from bridge.service.capture import CaptureService, Command, StatePublisher
 
 log = logging.getLogger("bridge")
 

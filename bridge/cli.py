@@ -17,16 +17,16 @@ from typing import Any, NoReturn
 import click
 
 from bridge import __version__
-from bridge import state as states
 from bridge.app import cloud_ssl_context, install_signal_handlers, limits_of, make_http, raise_fd_limit, run_bridge
-from bridge.cloud import CloudClient
-from bridge.command import FIELDS, decode_payload, parse_command, request_id_of
 from bridge.config import Config, load_config
-from bridge.errors import BridgeError, ConfigError
-from bridge.logs import redact, setup_logging
-from bridge.mqtt import tls_context
-from bridge.service import resolve_device
-from bridge.settings import SettingsStore, with_settings
+from bridge.core import state as states
+from bridge.core.command import FIELDS, decode_payload, parse_command, request_id_of
+from bridge.core.errors import BridgeError, ConfigError
+from bridge.core.settings import SettingsStore, with_settings
+from bridge.infra.cloud import CloudClient
+from bridge.infra.logs import redact, setup_logging
+from bridge.mqtt.adapter import tls_context
+from bridge.service.capture import resolve_device
 
 EXIT_CONFIG = 2
 
@@ -225,7 +225,7 @@ def check_config(config_path: str | None) -> None:
 def mock_cloud(host: str, port: int, latency: float, default_behaviour: str | None, token: str | None,
                strict: bool, tls_cert: str | None, tls_key: str | None, idle_timeout: float) -> None:
     """Run a local simulator of the cloud API (login + Instruction)."""
-    from bridge.mockcloud import run_mock_cloud
+    from bridge.sim.mockcloud import run_mock_cloud
 
     if tls_key is not None and tls_cert is None:
         _fail("--tls-key needs --tls-cert")

@@ -27,9 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.command import Limits
-from bridge.errors import ConfigError, InvalidCommand
-from bridge.settings import parse_settings
+from bridge.core.command import Limits
+from bridge.core.errors import ConfigError, InvalidCommand
+from bridge.core.settings import parse_settings
 
 ENV_PREFIX = "CAPTURE_BRIDGE_"
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")

@@ -28,7 +28,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bridge.mockcloud import DEMO_PASSWORD, DEMO_USER, MockCloud
+from bridge.sim.mockcloud import DEMO_PASSWORD, DEMO_USER, MockCloud
 
 DEMO_GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 

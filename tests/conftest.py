@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.mockcloud import DEMO_PASSWORD, DEMO_USER, Behaviour, Fault, MockCloud
+from bridge.sim.mockcloud import DEMO_PASSWORD, DEMO_USER, Behaviour, Fault, MockCloud
 from tests.support.bridge_proc import BridgeProcess, deep_merge
 from tests.support.broker import Broker, DockerBroker, docker_available
 from tests.support.probe import Probe, Received

@@ -30,7 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from bridge import __version__, discovery
+from bridge import __version__
+from bridge.features import discovery
 from tests.support.bridge_proc import BridgeProcess
 from tests.support.broker import Broker, free_port, wait_port
 from tests.support.probe import Probe

@@ -7,10 +7,10 @@ import json
 import time
 from collections.abc import Callable
 
-from bridge import topics
 from bridge.config import MqttConfig
-from bridge.mqtt import PUBLISH_HIGH_WATER, MqttAdapter
-from bridge.service import Command
+from bridge.core import topics
+from bridge.mqtt.adapter import PUBLISH_HIGH_WATER, MqttAdapter
+from bridge.service.capture import Command
 from tests.support.broker import Broker
 from tests.support.probe import Probe
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from bridge.mockcloud import DEMO_PASSWORD, DEMO_USER, MockCloud
+from bridge.sim.mockcloud import DEMO_PASSWORD, DEMO_USER, MockCloud
 from tests.support.bridge_proc import ROOT, BridgeProcess, deep_merge
 from tests.support.brokers import MATRIX, MatrixBroker, Unavailable
 from tests.support.capabilities import Capabilities, keeps_sessions_across_restart, measure

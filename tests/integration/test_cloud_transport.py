@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 import pytest
 
 from bridge.app import make_http
-from bridge.cloud import CloudClient, InstructionReply
 from bridge.config import CloudConfig
-from bridge.errors import CloudError, ErrorCode
-from bridge.mockcloud import DEMO_PASSWORD, DEMO_USER, Fault, MockCloud
-from bridge.transport import AiohttpTransport
+from bridge.core.errors import CloudError, ErrorCode
+from bridge.infra.cloud import CloudClient, InstructionReply
+from bridge.infra.transport import AiohttpTransport
+from bridge.sim.mockcloud import DEMO_PASSWORD, DEMO_USER, Fault, MockCloud
 from tests.support.proxy import ConnectProxy, Forwarder
 from tests.support.tls import Pki, make_pki
 

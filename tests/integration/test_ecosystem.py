@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import __version__
-from bridge.mockcloud import Behaviour, MockCloud
+from bridge.sim.mockcloud import Behaviour, MockCloud
 from tests.conftest import GUIDS, bridge_config
 from tests.support.bridge_proc import BridgeProcess, deep_merge
 from tests.support.broker import Broker, free_port

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bridge.mockcloud import DEMO_PASSWORD, Behaviour, Fault, MockCloud
+from bridge.sim.mockcloud import DEMO_PASSWORD, Behaviour, Fault, MockCloud
 from tests.conftest import GUIDS
 from tests.support.bridge_proc import BridgeProcess
 from tests.support.probe import Probe

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from bridge.mockcloud import Behaviour, MockCloud
+from bridge.sim.mockcloud import Behaviour, MockCloud
 from tests.conftest import GUIDS, bridge_config
 from tests.integration.test_ecosystem import (
     ONLINE,

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import pytest
 import requests
 
-from bridge.mockcloud import (
+from bridge.sim.mockcloud import (
     DEMO_DEVICES,
     DEMO_PASSWORD,
     DEMO_USER,
@@ -661,7 +661,7 @@ def test_serve_runs_in_the_current_loop_until_cancelled() -> None:
 
 def test_run_mock_cloud_prints_one_line_and_stops_on_sigterm() -> None:
     code = (
-        "from bridge.mockcloud import run_mock_cloud; run_mock_cloud('127.0.0.1', 0, 0.0, 'ok', 'cli-token', True)"
+        "from bridge.sim.mockcloud import run_mock_cloud; run_mock_cloud('127.0.0.1', 0, 0.0, 'ok', 'cli-token', True)"
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     with subprocess.Popen(

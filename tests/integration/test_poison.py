@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.mockcloud import MockCloud
+from bridge.sim.mockcloud import MockCloud
 from tests.integration.test_ecosystem import http_answer, http_get, metric_value
 from tests.integration.test_reliability import wait_until
 from tests.support.bridge_proc import BridgeProcess

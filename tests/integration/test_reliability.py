@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bridge.mockcloud import Behaviour, Fault, MockCloud
+from bridge.sim.mockcloud import Behaviour, Fault, MockCloud
 from tests.conftest import GUIDS
 from tests.support.bridge_proc import BridgeProcess
 from tests.support.broker import Broker

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bridge.cloud import INSTRUCTION_PATH, LOGIN_PATH, CloudClient, InstructionReply, md5_hex
 from bridge.config import CloudConfig
-from bridge.errors import CloudError, ErrorCode
-from bridge.transport import HttpReply, TransportError
+from bridge.core.errors import CloudError, ErrorCode
+from bridge.infra.cloud import INSTRUCTION_PATH, LOGIN_PATH, CloudClient, InstructionReply, md5_hex
+from bridge.infra.transport import HttpReply, TransportError
 
 T = TypeVar("T")
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"

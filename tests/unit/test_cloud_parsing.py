@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bridge.cloud import (
+from bridge.core.errors import CloudError, ErrorCode
+from bridge.infra.cloud import (
     ACTION,
     DeviceReply,
     InstructionReply,
@@ -19,7 +20,6 @@ from bridge.cloud import (
     parse_instruction_reply,
     parse_login_reply,
 )
-from bridge.errors import CloudError, ErrorCode
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 SPEC_RESPONSE = "(804250900200,1,001,CAMERA,9,4,0,700160818000_1769373855)"

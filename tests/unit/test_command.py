@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bridge.command import (
+from bridge.core.command import (
     API_TO_FRIENDLY,
     MAX_REQUEST_ID,
     CaptureCommand,
@@ -17,7 +17,7 @@ from bridge.command import (
     parse_command,
     request_id_of,
 )
-from bridge.errors import ErrorCode, InvalidCommand
+from bridge.core.errors import ErrorCode, InvalidCommand
 
 DEFAULTS: dict[str, Any] = {
     "FCameraID": "0",

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from bridge.companion import Companion
 from bridge.config import Config
-from bridge.discovery import discovery_messages
-from bridge.settings import SettingsStore
+from bridge.core.settings import SettingsStore
+from bridge.features.companion import Companion
+from bridge.features.discovery import discovery_messages
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 GUID2 = "0b7e1f52-1c1f-4c35-9a51-6a2a3c7b9d10"

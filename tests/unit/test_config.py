@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import Config, load_config
-from bridge.errors import ConfigError
+from bridge.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"

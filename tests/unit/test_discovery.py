@@ -10,10 +10,10 @@ import jinja2
 import pytest
 
 from bridge import __version__
-from bridge.command import PHOTO, VIDEO, decode_payload, parse_command
 from bridge.config import Config
-from bridge.discovery import cleanup_filter, discovery_messages, owner_name, safe_id
-from bridge.settings import parse_settings
+from bridge.core.command import PHOTO, VIDEO, decode_payload, parse_command
+from bridge.core.settings import parse_settings
+from bridge.features.discovery import cleanup_filter, discovery_messages, owner_name, safe_id
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 GUID2 = "0b7e1f52-1c1f-4c35-9a51-6a2a3c7b9d10"

@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from bridge import service as service_module
-from bridge import state as states
 from bridge.app import Announcer, open_journal
-from bridge.command import decode_payload
 from bridge.config import Config
-from bridge.errors import CloudError, ConfigError, ErrorCode, InvalidCommand
-from bridge.journal import Journal, JournalError
-from bridge.logs import HumanFormatter, redact
-from bridge.mqtt import response_topic_refusal, unpublishable
+from bridge.core import state as states
+from bridge.core.command import decode_payload
+from bridge.core.errors import CloudError, ConfigError, ErrorCode, InvalidCommand
+from bridge.infra.journal import Journal, JournalError
+from bridge.infra.logs import HumanFormatter, redact
+from bridge.mqtt.adapter import response_topic_refusal, unpublishable
+from bridge.service import capture as service_module
 from tests.unit.test_service import GUID, FakeCloud, FakePublisher, cmd, ok_reply, run, service, settle
 
 # --- 2. lone surrogates --------------------------------------------------------------------

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge.metrics import Health as HealthReport
-from bridge.metrics import Metrics, MetricsServer
-from bridge.service import Observer
+from bridge.infra.metrics import Health as HealthReport
+from bridge.infra.metrics import Metrics, MetricsServer
+from bridge.service.capture import Observer
 
 
 def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:

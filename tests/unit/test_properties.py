@@ -8,9 +8,17 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.cloud import DeviceReply, InstructionReply, parse_device_response, parse_instruction_reply
-from bridge.command import FIELDS, KNOWN_KEYS, MAX_REQUEST_ID, CaptureCommand, Limits, decode_payload, parse_command
-from bridge.errors import CloudError, ErrorCode, InvalidCommand
+from bridge.core.command import (
+    FIELDS,
+    KNOWN_KEYS,
+    MAX_REQUEST_ID,
+    CaptureCommand,
+    Limits,
+    decode_payload,
+    parse_command,
+)
+from bridge.core.errors import CloudError, ErrorCode, InvalidCommand
+from bridge.infra.cloud import DeviceReply, InstructionReply, parse_device_response, parse_instruction_reply
 
 LIMITS = Limits()
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

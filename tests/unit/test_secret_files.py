@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.config import load_config
-from bridge.errors import ConfigError
+from bridge.core.errors import ConfigError
 
 SECRET = "s3cret-Pa55-from-file"
 # (key in the YAML, the field the secret lands in); the other credentials make the config valid.

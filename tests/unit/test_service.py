@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bridge.cloud import DeviceReply, InstructionReply
-from bridge.command import Limits
-from bridge.errors import CloudError, ErrorCode, UnknownDevice
-from bridge.journal import Journal
-from bridge.service import MAX_DEVICE_ID, CaptureService, Command, resolve_device
+from bridge.core.command import Limits
+from bridge.core.errors import CloudError, ErrorCode, UnknownDevice
+from bridge.infra.cloud import DeviceReply, InstructionReply
+from bridge.infra.journal import Journal
+from bridge.service.capture import MAX_DEVICE_ID, CaptureService, Command, resolve_device
 
 T = TypeVar("T")
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"

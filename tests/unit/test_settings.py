@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from bridge.command import Limits, parse_command
-from bridge.errors import InvalidCommand
-from bridge.settings import (
+from bridge.core.command import Limits, parse_command
+from bridge.core.errors import InvalidCommand
+from bridge.core.settings import (
     SettingsStore,
     built_in,
     encode,

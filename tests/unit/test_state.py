@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from bridge.cloud import DeviceReply, InstructionReply
-from bridge.errors import CloudError, ErrorCode, InvalidCommand, UnknownDevice
-from bridge.state import Context, encode, error_state, pending_state, reply_state, retained, utc_timestamp
+from bridge.core.errors import CloudError, ErrorCode, InvalidCommand, UnknownDevice
+from bridge.core.state import Context, encode, error_state, pending_state, reply_state, retained, utc_timestamp
+from bridge.infra.cloud import DeviceReply, InstructionReply
 
 SPEC_KEYS = {
     "status",

@@ -41,12 +41,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge import topics
-from bridge.command import request_id_of
 from bridge.config import MqttConfig
-from bridge.errors import ConfigError
-from bridge.logs import redact
-from bridge.service import Command
+from bridge.core import topics
+from bridge.core.command import request_id_of
+from bridge.core.errors import ConfigError
+from bridge.infra.logs import redact
+from bridge.service.capture import Command
 
 log = logging.getLogger("bridge.mqtt")
 

@@ -36,13 +36,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bridge import state as states
-from bridge.cloud import InstructionReply
-from bridge.command import CaptureCommand, Limits, decode_payload, parse_command, request_id_of
 from bridge.config import GUID_RE
-from bridge.errors import BridgeError, CloudError, ErrorCode, InvalidCommand, UnknownDevice
-from bridge.journal import Journal, JournalEntry, JournalError
-from bridge.settings import with_settings
+from bridge.core import state as states
+from bridge.core.command import CaptureCommand, Limits, decode_payload, parse_command, request_id_of
+from bridge.core.errors import BridgeError, CloudError, ErrorCode, InvalidCommand, UnknownDevice
+from bridge.core.settings import with_settings
+from bridge.infra.cloud import InstructionReply
+from bridge.infra.journal import Journal, JournalEntry, JournalError
 
 log = logging.getLogger("bridge.service")
 

@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.command import (
+from bridge.core.command import (
     API_TO_FRIENDLY,
     CAMERA_NAMES,
     DEFAULT_DURATION,
@@ -33,7 +33,7 @@ from bridge.command import (
     _same,
     decode_payload,
 )
-from bridge.errors import InvalidCommand
+from bridge.core.errors import InvalidCommand
 
 # API value -> the friendly value published in the settings.
 CAMERA_LABELS = {"0": "main", "1": "top"}

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.cloud import DEVICE_BUSY, DEVICE_DONE, InstructionReply
-from bridge.errors import BridgeError, ErrorCode
-from bridge.logs import redact
+from bridge.core.errors import BridgeError, ErrorCode
+from bridge.infra.cloud import DEVICE_BUSY, DEVICE_DONE, InstructionReply
+from bridge.infra.logs import redact
 
 PENDING, OK, BUSY, ERROR = "pending", "ok", "busy", "error"
 

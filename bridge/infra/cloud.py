@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bridge.config import CloudConfig
-from bridge.errors import RESULT_ERRORS, CloudError, ErrorCode
-from bridge.logs import redact
-from bridge.transport import HttpReply, TransportError
+from bridge.core.errors import RESULT_ERRORS, CloudError, ErrorCode
+from bridge.infra.logs import redact
+from bridge.infra.transport import HttpReply, TransportError
 
 log = logging.getLogger("bridge.cloud")
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from bridge import __version__
-from bridge.errors import ErrorCode
+from bridge.core.errors import ErrorCode
 
 log = logging.getLogger("bridge.metrics")
 

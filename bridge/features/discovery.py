@@ -33,8 +33,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge import __version__, settings, topics
+from bridge import __version__
 from bridge.config import Config, DeviceEntry
+from bridge.core import settings, topics
 
 NODE_ID = "capture_bridge"
 ORIGIN_NAME = "capture-bridge"

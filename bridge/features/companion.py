@@ -15,10 +15,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from bridge import __version__, discovery, topics
+from bridge import __version__
 from bridge.config import GUID_RE, Config
-from bridge.errors import InvalidCommand
-from bridge.settings import SettingsStore, encode, parse_settings_payload
+from bridge.core import topics
+from bridge.core.errors import InvalidCommand
+from bridge.core.settings import SettingsStore, encode, parse_settings_payload
+from bridge.features import discovery
 
 log = logging.getLogger("bridge.companion")
 

@@ -12,7 +12,7 @@ from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
-from bridge.errors import InvalidCommand
+from bridge.core.errors import InvalidCommand
 
 PHOTO, VIDEO, PHOTO_VIDEO = 1, 2, 3
 TYPE_NAMES = {"photo": PHOTO, "video": VIDEO, "photo+video": PHOTO_VIDEO}
