@@ -26,7 +26,7 @@ from bridge.infra.journal import Journal, JournalError
 from bridge.infra.logs import HumanFormatter, redact
 from bridge.mqtt.adapter import response_topic_refusal, unpublishable
 from bridge.service import capture as service_module
-from tests.unit.test_service import GUID, FakeCloud, FakePublisher, cmd, ok_reply, run, service, settle
+from tests.unit.service.test_capture import GUID, FakeCloud, FakePublisher, cmd, ok_reply, run, service, settle
 
 # --- 2. lone surrogates --------------------------------------------------------------------
 
