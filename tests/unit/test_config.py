@@ -472,3 +472,27 @@ def test_example_config_sets_every_spec_key() -> None:
     assert config.mqtt.base_topic == "devices"
     assert config.mqtt.protocol == "auto"
     assert config.cloud.base_url == "https://cloud.assetscontrols.com:3443/OpenApi"
+
+
+# --- credentials in URLs, Response Topic filters ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "url"),
+    [("cloud", "base_url", "https://user:pa55word@cloud.example/OpenApi"),
+     ("mqtt", "url", "mqtt://user:pa55word@broker:1883")],
+)
+def test_urls_with_credentials_are_refused_without_echoing_them(section: str, key: str, url: str) -> None:
+    env = {f"CAPTURE_BRIDGE_{section.upper()}__{key.upper()}": url, "CAPTURE_BRIDGE_CLOUD__TOKEN": "t0k3n"}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env)
+    message = str(info.value)
+    assert message.startswith(f"{section}.{key}:")
+    assert "credentials" in message
+    assert "pa55word" not in message
+
+
+@pytest.mark.parametrize("bad", ["a/#/b", "a+/b", "", "a/##"])
+def test_response_topics_must_be_filters(bad: str) -> None:
+    with pytest.raises(ValueError, match="response_topics"):
+        Config.model_validate({"cloud": {"token": "t0k3n"}, "mqtt": {"response_topics": [bad]}})

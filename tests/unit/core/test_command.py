@@ -334,3 +334,10 @@ def test_command_is_immutable() -> None:
 )
 def test_request_id_of(payload: bytes, expected: str | None) -> None:
     assert request_id_of(payload) == expected
+
+
+# --- surrogate escapes -----------------------------------------------------------------------
+
+
+def test_a_paired_surrogate_escape_is_a_normal_character() -> None:
+    assert decode_payload(b'{"request_id": "\\ud83d\\ude00"}') == {"request_id": "\U0001f600"}

@@ -18,7 +18,7 @@ from bridge.core.command import (
     parse_command,
 )
 from bridge.core.errors import CloudError, ErrorCode, InvalidCommand
-from bridge.infra.cloud import DeviceReply, InstructionReply, parse_device_response, parse_instruction_reply
+from bridge.core.reply import DeviceReply, InstructionReply, parse_device_response, parse_instruction_reply
 
 LIMITS = Limits()
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

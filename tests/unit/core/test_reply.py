@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bridge.core.errors import CloudError, ErrorCode
-from bridge.infra.cloud import (
+from bridge.core.reply import (
     ACTION,
     DeviceReply,
     InstructionReply,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from bridge.core.errors import CloudError, ErrorCode, InvalidCommand, UnknownDevice
+from bridge.core.reply import DeviceReply, InstructionReply
 from bridge.core.state import Context, encode, error_state, pending_state, reply_state, retained, utc_timestamp
-from bridge.infra.cloud import DeviceReply, InstructionReply
 
 SPEC_KEYS = {
     "status",
@@ -198,3 +198,9 @@ def test_retained_only_for_a_real_device_as_dict_and_as_bytes(
         else pending_state(ctx)
     assert retained(state) is expected
     assert retained(encode(state)) is expected
+
+
+def test_state_encoding_never_fails() -> None:
+    ctx = Context("d", request_id="\ud800")
+    payload = encode(error_state(ctx, InvalidCommand("x")))
+    assert json.loads(payload)["request_id"] == "\ud800"  # escaped, still one JSON document

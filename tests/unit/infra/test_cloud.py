@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from bridge.config import CloudConfig
 from bridge.core.errors import CloudError, ErrorCode
-from bridge.infra.cloud import INSTRUCTION_PATH, LOGIN_PATH, CloudClient, InstructionReply, md5_hex
+from bridge.core.reply import INSTRUCTION_PATH, LOGIN_PATH, InstructionReply, md5_hex
+from bridge.infra.cloud import CloudClient
 from bridge.infra.transport import HttpReply, TransportError
+from tests.support.aio import run
 
-T = TypeVar("T")
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 PARAMS: dict[str, Any] = {"FCameraID": "0", "FType": 1, "FCount": 3, "FDuration": 0, "FResolution": 2, "FInterval": 2}
 PASSWORD = "demo-Pa55word"
@@ -23,11 +24,6 @@ RESPONSE = "(804250900200,1,001,CAMERA,9,4,0,700160818000_1769373855)"
 
 # A step of a script: a reply, a transport failure, or a function of the request body.
 Step = HttpReply | TransportError | Callable[[dict[str, Any]], HttpReply]
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """One test coroutine on a fresh loop; a hang becomes a failure, not a stuck run."""
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 def reply(data: object, status: int = 200) -> HttpReply:

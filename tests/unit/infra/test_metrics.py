@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.infra.metrics import Health as HealthReport
 from bridge.infra.metrics import Metrics, MetricsServer
-from bridge.service.capture import Observer
+from bridge.service.ports import Observer
 
 
 def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:

@@ -8,7 +8,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.config import MqttConfig
-from bridge.mqtt.adapter import describe_peer, disconnect_reason, jittered, refusal_hint
+from bridge.mqtt.diagnostics import describe_peer, disconnect_reason, jittered, refusal_hint
 
 
 @pytest.mark.parametrize(
