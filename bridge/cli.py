@@ -17,16 +17,18 @@ from typing import Any, NoReturn
 import click
 
 from bridge import __version__
-from bridge.app import cloud_ssl_context, install_signal_handlers, limits_of, make_http, raise_fd_limit, run_bridge
+from bridge.app import install_signal_handlers, run_bridge
+from bridge.bootstrap import make_http, raise_fd_limit
 from bridge.config import Config, load_config
 from bridge.core import state as states
-from bridge.core.command import FIELDS, decode_payload, parse_command, request_id_of
-from bridge.core.errors import BridgeError, ConfigError
-from bridge.core.settings import SettingsStore, with_settings
+from bridge.core.command import FIELDS, decode_payload
+from bridge.core.errors import BridgeError, ConfigError, InvalidCommand
+from bridge.core.intake import Rules, take
+from bridge.core.redact import redact
+from bridge.core.settings import SettingsStore
 from bridge.infra.cloud import CloudClient
-from bridge.infra.logs import redact, setup_logging
-from bridge.mqtt.adapter import tls_context
-from bridge.service.capture import resolve_device
+from bridge.infra.logs import setup_logging
+from bridge.infra.tls import cloud_context, mqtt_context
 
 EXIT_CONFIG = 2
 
@@ -158,33 +160,35 @@ def capture(device: str, config_path: str | None, camera: str | None, kind: str 
     sys.exit(0 if state["status"] == states.OK else 1)
 
 
+def _command_bytes(payload: str | None, options: dict[str, Any], max_bytes: int) -> bytes:
+    """`--payload` with the options over its keys (in either spelling), as on capture/set."""
+    try:
+        data = decode_payload(payload.encode(), max_bytes) if payload else {}
+    except InvalidCommand:
+        return payload.encode() if payload else b""  # intake answers it invalid_payload
+    for key, value in options.items():
+        data.pop(FIELDS.get(key, key), None)
+        data[key] = value
+    return json.dumps(data).encode()
+
+
 async def _capture_once(
     config: Config, device: str, payload: str | None, options: dict[str, Any]
 ) -> dict[str, Any]:
-    devices = {name: entry.guid for name, entry in config.devices.items()}
-    rid = options.get("request_id")
-    if not isinstance(rid, str):
-        rid = request_id_of(payload.encode()) if payload else None
-    ctx = states.Context(device=device, request_id=rid)
+    # The config's per-device defaults fill what is left out (the settings chosen over MQTT live
+    # in the running bridge, which this command does not contact).
+    store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
+    rules = Rules(config.guids(), config.bridge.guid_topic_ids, config.limits(), config.bridge.max_payload_bytes,
+                  store.current)
+    taken = take(device, _command_bytes(payload, options, config.bridge.max_payload_bytes), rules)
+    if taken.error is not None or taken.capture is None or taken.ctx.asset_guid is None:
+        return states.error_state(taken.ctx, taken.error or InvalidCommand("nothing to send"))
     http = make_http(config.cloud, 4)
     try:
-        data = decode_payload(payload.encode(), config.bridge.max_payload_bytes) if payload else {}
-        # Options override the payload's keys, in either spelling.
-        for key, value in options.items():
-            data.pop(FIELDS.get(key, key), None)
-            data[key] = value
-        # The config's per-device defaults fill what is left out (the settings chosen over MQTT live
-        # on the broker, which this command does not contact).
-        store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
-        command = parse_command(with_settings(data, store.current(device)), limits_of(config))
-        # The same state as over MQTT for an unknown device: it echoes the validated request.
-        ctx = states.Context(device, None, command.request_id, command.api_params())
-        guid = resolve_device(device, devices, config.bridge.guid_topic_ids)
-        ctx = states.Context(device, guid, command.request_id, command.api_params())
-        reply = await CloudClient(http, config.cloud).capture(guid, command.api_params())
-        return states.reply_state(ctx, reply)
+        reply = await CloudClient(http, config.cloud).capture(taken.ctx.asset_guid, taken.capture.api_params())
+        return states.reply_state(taken.ctx, reply)
     except BridgeError as exc:
-        return states.error_state(ctx, exc)
+        return states.error_state(taken.ctx, exc)
     finally:
         await http.aclose()
 
@@ -200,8 +204,8 @@ def check_config(config_path: str | None) -> None:
     try:
         # The same files `run` reads at start (CA bundles, client certificate).
         if config.mqtt.tls:
-            tls_context(config.mqtt)
-        cloud_ssl_context(config.cloud)
+            mqtt_context(config.mqtt)
+        cloud_context(config.cloud)
     except ConfigError as exc:
         _fail(f"config error: {exc}")
     # JSON: readable, and parseable by both JSON and YAML tools.

@@ -28,11 +28,11 @@ from pydantic import (
 )
 
 from bridge.core.command import Limits
+from bridge.core.devices import GUID_RE
 from bridge.core.errors import ConfigError, InvalidCommand
 from bridge.core.settings import parse_settings
 
 ENV_PREFIX = "CAPTURE_BRIDGE_"
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # A topic level we accept as a device id: no MQTT wildcards or separators, no control chars.
 DEVICE_ID_RE = re.compile(r"^[^/+#\x00-\x1f\x7f]+$")
 
@@ -357,6 +357,10 @@ class Config(_Section):
                     raise ValueError(f"device id {key!r} is not a single topic level")
             return {str(k): _device_entry(v) for k, v in value.items()}
         return value
+
+    def guids(self) -> dict[str, str]:
+        """Configured topic id -> FAssetGUID."""
+        return {name: entry.guid for name, entry in self.devices.items()}
 
     def limits(self) -> Limits:
         """The command limits from `bridge.max_*`."""

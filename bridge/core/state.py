@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.core.errors import BridgeError, ErrorCode
-from bridge.infra.cloud import DEVICE_BUSY, DEVICE_DONE, InstructionReply
-from bridge.infra.logs import redact
+from bridge.core.redact import redact
+from bridge.core.reply import DEVICE_BUSY, DEVICE_DONE, InstructionReply
 
 PENDING, OK, BUSY, ERROR = "pending", "ok", "busy", "error"
 

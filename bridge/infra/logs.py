@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from bridge.core.redact import redact
+
 # C0 and C1 controls, DEL and the Unicode line/paragraph separators: in a line-oriented log
 # a client's request_id or topic with a newline would forge a line of its own.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -31,36 +33,6 @@ def escape_control(text: str) -> str:
     return _CONTROL.sub(_escape_control, text)
 
 
-class Redactor(logging.Filter):
-    """Replaces every registered secret in a record's final text with `***`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secrets: set[str] = set()
-
-    def add(self, secret: str) -> None:
-        """Never let `secret` reach a log line (short strings are ignored: they would mask noise)."""
-        if len(secret) >= 4:
-            self._secrets.add(secret)
-
-    def scrub(self, text: str) -> str:
-        """`text` with every registered secret masked."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            message = self.scrub(record.getMessage())
-            record.msg, record.args = message, None
-            if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
-                record.exc_info = None
-        return True
-
-
-redact = Redactor()
 
 
 class JsonFormatter(logging.Formatter):
