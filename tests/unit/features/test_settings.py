@@ -1,4 +1,4 @@
-"""The companion: settings topics, bridge info, discovery announcements and their clean-up."""
+"""The settings feature: settings topics, the retained memory, publishing after the start-up."""
 
 from __future__ import annotations
 
@@ -10,25 +10,38 @@ import pytest
 
 from bridge.config import Config
 from bridge.core.settings import SettingsStore
-from bridge.features.companion import Companion
-from bridge.features.discovery import discovery_messages
+from bridge.features.settings import DeviceSettings
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 GUID2 = "0b7e1f52-1c1f-4c35-9a51-6a2a3c7b9d10"
+Sent = list[tuple[str, bytes, bool]]
 
 
-def make(devices: dict[str, Any] | None = None, **bridge: Any) -> tuple[Companion, list[tuple[str, bytes, bool]]]:
-    config = Config.model_validate(
+def config_of(devices: dict[str, Any] | None = None, **bridge: Any) -> Config:
+    return Config.model_validate(
         {"cloud": {"token": "t"}, "devices": devices if devices is not None else {"truck-12": GUID},
          "bridge": bridge}
     )
-    sent: list[tuple[str, bytes, bool]] = []
-    store = SettingsStore({d: e.defaults for d, e in config.devices.items()}, config.limits())
-    return Companion(config, lambda t, p, r: sent.append((t, p, r)), store), sent
 
 
-def on(sent: list[tuple[str, bytes, bool]], topic: str) -> list[Any]:
+def recorder(sent: Sent) -> Any:
+    def send(topic: str, payload: bytes, *, qos: int | None = None, retain: bool = False,
+             on_acked: Any = None, bulk: bool = False) -> bool:
+        sent.append((topic, payload, retain))
+        return True
+
+    return send
+
+
+def on(sent: Sent, topic: str) -> list[Any]:
     return [json.loads(p) if p else None for t, p, _ in sent if t == topic]
+
+
+def make(devices: dict[str, Any] | None = None, **bridge: Any) -> tuple[DeviceSettings, Sent]:
+    config = config_of(devices, **bridge)
+    sent: Sent = []
+    store = SettingsStore({d: e.defaults for d, e in config.devices.items()}, config.limits())
+    return DeviceSettings(config, recorder(sent), store), sent
 
 
 def test_sync_publishes_every_devices_settings_retained() -> None:
@@ -86,66 +99,6 @@ def test_guid_ids_off_refuses_their_settings() -> None:
     assert sent == []
 
 
-def test_bridge_info_only_when_it_changed() -> None:
-    companion, sent = make()
-    companion.publish_info(0, 0)
-    companion.publish_info(0, 0)
-    companion.publish_info(3, 1)
-    companion.publish_info(3, 1, force=True)
-    infos = on(sent, "devices/bridge/info")
-    assert [(i["in_flight"], i["backlog"]) for i in infos] == [(0, 0), (3, 1), (3, 1)]
-    assert all(i["version"] for i in infos)
-
-
-def test_configs_no_longer_announced_are_cleared_once_ours() -> None:
-    companion, sent = make({"truck-12": GUID, "van-3": GUID2})
-    old = dict(discovery_messages(companion._config))
-    companion, sent = make({"truck-12": GUID})
-    companion.announce()
-    announced = len(sent)
-    for topic, payload in old.items():
-        companion.on_discovery_config(topic, payload, True)
-    cleared = [t for t, p, r in sent[announced:] if p == b"" and r]
-    assert len(cleared) == 14
-    assert all("/van-3_" in t for t in cleared)
-    # Live copies (our own echoes) and empty payloads (our clearing) do nothing.
-    companion.on_discovery_config("homeassistant/button/capture_bridge/van-3_capture/config", old[cleared[0]], False)
-    companion.on_discovery_config(cleared[0], b"", True)
-    # Someone else's config under our node id is left alone.
-    foreign = json.dumps({"device": {"identifiers": ["x"], "via_device": "someone_else"}}).encode()
-    companion.on_discovery_config("homeassistant/button/capture_bridge/zzz/config", foreign, True)
-    assert len(sent) == announced + 14
-
-
-def test_terminal_number_joins_the_serial_number_and_survives_a_restart() -> None:
-    companion, sent = make()
-    companion.announce()
-    state = {"status": "ok", "terminal_num": "804250900200"}
-    companion.observe_state("truck-12", json.dumps(state).encode())
-    republished = [json.loads(p) for t, p, _ in sent[18:]]
-    assert len(republished) == 14
-    assert {p["device"]["serial_number"] for p in republished} == {f"804250900200 ({GUID})"}
-    companion.observe_state("truck-12", json.dumps(state).encode())  # nothing new
-    assert len(sent) == 18 + 14
-
-    # A restarted bridge reads it back from its retained configs before any capture.
-    retained = {t: p for t, p, _ in sent}
-    companion, sent = make()
-    companion.announce()
-    for topic, payload in retained.items():
-        companion.on_discovery_config(topic, payload, True)
-    serials = {json.loads(p)["device"].get("serial_number") for t, p, _ in sent[18:]}
-    assert serials == {f"804250900200 ({GUID})"}
-
-
-def test_homeassistant_online_announces_again() -> None:
-    companion, sent = make()
-    companion.on_homeassistant_status(b"offline")
-    assert sent == []
-    companion.on_homeassistant_status(b"online")
-    assert len(sent) == 18
-
-
 def test_a_reconnect_publishes_settings_again_for_a_broker_that_lost_them() -> None:
     companion, sent = make()
     companion.on_reconnected()
@@ -156,13 +109,6 @@ def test_a_reconnect_publishes_settings_again_for_a_broker_that_lost_them() -> N
     companion.on_reconnected()
     assert on(sent, "devices/bridge/settings") == [{"truck-12": {"count": 4}}]
     assert on(sent, "devices/truck-12/capture/settings")[0]["count"] == 4
-
-
-def test_configs_still_announced_are_never_cleared_even_before_the_first_announcement() -> None:
-    companion, sent = make({"truck-12": GUID})
-    for topic, payload in discovery_messages(companion._config):
-        companion.on_discovery_config(topic, payload, True)
-    assert [t for t, p, _ in sent if p == b""] == []
 
 
 def test_settings_of_a_device_removed_from_the_config_are_forgotten() -> None:

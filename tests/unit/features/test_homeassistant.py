@@ -1,0 +1,95 @@
+"""The Home Assistant feature: discovery announcements, their clean-up, terminal numbers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bridge.config import Config
+from bridge.features.discovery import discovery_messages
+from bridge.features.homeassistant import HomeAssistant
+
+GUID = "a64b2e58-9305-4a01-9c51-092205123945"
+GUID2 = "0b7e1f52-1c1f-4c35-9a51-6a2a3c7b9d10"
+Sent = list[tuple[str, bytes, bool]]
+
+
+def config_of(devices: dict[str, Any] | None = None, **bridge: Any) -> Config:
+    return Config.model_validate(
+        {"cloud": {"token": "t"}, "devices": devices if devices is not None else {"truck-12": GUID},
+         "bridge": bridge}
+    )
+
+
+def recorder(sent: Sent) -> Any:
+    def send(topic: str, payload: bytes, *, qos: int | None = None, retain: bool = False,
+             on_acked: Any = None, bulk: bool = False) -> bool:
+        sent.append((topic, payload, retain))
+        return True
+
+    return send
+
+
+def on(sent: Sent, topic: str) -> list[Any]:
+    return [json.loads(p) if p else None for t, p, _ in sent if t == topic]
+
+
+def make(devices: dict[str, Any] | None = None, **bridge: Any) -> tuple[HomeAssistant, Sent]:
+    sent: Sent = []
+    return HomeAssistant(config_of(devices, **bridge), recorder(sent)), sent
+
+
+def test_configs_no_longer_announced_are_cleared_once_ours() -> None:
+    companion, sent = make({"truck-12": GUID, "van-3": GUID2})
+    old = dict(discovery_messages(companion._config))
+    companion, sent = make({"truck-12": GUID})
+    companion.announce()
+    announced = len(sent)
+    for topic, payload in old.items():
+        companion.on_discovery_config(topic, payload, True)
+    cleared = [t for t, p, r in sent[announced:] if p == b"" and r]
+    assert len(cleared) == 14
+    assert all("/van-3_" in t for t in cleared)
+    # Live copies (our own echoes) and empty payloads (our clearing) do nothing.
+    companion.on_discovery_config("homeassistant/button/capture_bridge/van-3_capture/config", old[cleared[0]], False)
+    companion.on_discovery_config(cleared[0], b"", True)
+    # Someone else's config under our node id is left alone.
+    foreign = json.dumps({"device": {"identifiers": ["x"], "via_device": "someone_else"}}).encode()
+    companion.on_discovery_config("homeassistant/button/capture_bridge/zzz/config", foreign, True)
+    assert len(sent) == announced + 14
+
+
+def test_terminal_number_joins_the_serial_number_and_survives_a_restart() -> None:
+    companion, sent = make()
+    companion.announce()
+    state = {"status": "ok", "terminal_num": "804250900200"}
+    companion.observe_state("truck-12", json.dumps(state).encode())
+    republished = [json.loads(p) for t, p, _ in sent[18:]]
+    assert len(republished) == 14
+    assert {p["device"]["serial_number"] for p in republished} == {f"804250900200 ({GUID})"}
+    companion.observe_state("truck-12", json.dumps(state).encode())  # nothing new
+    assert len(sent) == 18 + 14
+
+    # A restarted bridge reads it back from its retained configs before any capture.
+    retained = {t: p for t, p, _ in sent}
+    companion, sent = make()
+    companion.announce()
+    for topic, payload in retained.items():
+        companion.on_discovery_config(topic, payload, True)
+    serials = {json.loads(p)["device"].get("serial_number") for t, p, _ in sent[18:]}
+    assert serials == {f"804250900200 ({GUID})"}
+
+
+def test_homeassistant_online_announces_again() -> None:
+    companion, sent = make()
+    companion.on_homeassistant_status(b"offline")
+    assert sent == []
+    companion.on_homeassistant_status(b"online")
+    assert len(sent) == 18
+
+
+def test_configs_still_announced_are_never_cleared_even_before_the_first_announcement() -> None:
+    companion, sent = make({"truck-12": GUID})
+    for topic, payload in discovery_messages(companion._config):
+        companion.on_discovery_config(topic, payload, True)
+    assert [t for t, p, _ in sent if p == b""] == []

@@ -1,0 +1,90 @@
+"""The start-up gate, against fakes: commands wait for the marker, journaled, then run in order."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bridge.config import Config
+from bridge.core.messages import Command
+from bridge.features.base import Bus, register
+from bridge.features.startup import StartupGate
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self._next = 0
+
+    def submit(self, command: Command, journal_id: int | None = None) -> None:
+        self.events.append(("submit", (command.payload, journal_id)))
+
+    def record(self, command: Command) -> int | None:
+        self._next += 1
+        self.events.append(("record", command.payload))
+        return self._next
+
+    def discard(self, journal_id: int | None) -> None:
+        self.events.append(("discard", journal_id))
+
+    def replay(self, entries: list[Any]) -> None:
+        self.events.append(("replay", len(entries)))
+
+
+def make() -> tuple[StartupGate, FakeService, Bus, list[tuple[str, bytes]]]:
+    config = Config.model_validate({"cloud": {"token": "t"}})
+    service, sent = FakeService(), []
+
+    def publish(topic: str, payload: bytes, **kw: Any) -> bool:
+        sent.append((topic, payload))
+        return True
+
+    bus = Bus()
+    gate = StartupGate(config, service, publish, timeout=30)  # type: ignore[arg-type]
+    register(bus, [gate])
+    return gate, service, bus, sent
+
+
+def test_commands_are_journaled_at_once_and_run_when_the_marker_is_back() -> None:
+    async def go() -> None:
+        gate, service, bus, sent = make()
+        ready: list[bool] = []
+        bus.on_ready(lambda: ready.append(True))
+        bus.connected()
+        assert sent == [("devices/bridge/sync/capture-bridge", b"sync")]
+        bus.command(Command("truck-12", b"1"))
+        bus.command(Command("truck-12", b"2"))
+        assert service.events == [("record", b"1"), ("record", b"2")]
+        gate.take_back([object(), object()])  # type: ignore[list-item]
+        marker = bus.routes[0]
+        marker.handler(marker.topic, b"sync", False)
+        assert ready == [True]
+        assert service.events[2:] == [("replay", 2), ("submit", (b"1", 1)), ("submit", (b"2", 2))]
+        bus.command(Command("truck-12", b"3"))  # open: straight to the service
+        assert service.events[-1] == ("submit", (b"3", None))
+
+    asyncio.run(go())
+
+
+def test_a_queued_copy_of_a_retained_command_is_dropped_while_held() -> None:
+    async def go() -> None:
+        gate, service, bus, _ = make()
+        bus.command(Command("truck-12", b"old"))
+        bus.command(Command("truck-12", b"new"))
+        bus.retained_command("truck-12", b"old")
+        gate.open()
+        assert ("discard", 1) in service.events
+        assert [e for e in service.events if e[0] == "submit"] == [("submit", (b"new", 2))]
+
+    asyncio.run(go())
+
+
+def test_stopping_hands_held_commands_to_the_service() -> None:
+    async def go() -> None:
+        gate, service, bus, _ = make()
+        bus.command(Command("van-3", b"x"))
+        gate.stop()
+        assert gate.is_open
+        assert service.events[-1] == ("submit", (b"x", 1))
+
+    asyncio.run(go())
