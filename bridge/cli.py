@@ -229,7 +229,7 @@ def check_config(config_path: str | None) -> None:
 def mock_cloud(host: str, port: int, latency: float, default_behaviour: str | None, token: str | None,
                strict: bool, tls_cert: str | None, tls_key: str | None, idle_timeout: float) -> None:
     """Run a local simulator of the cloud API (login + Instruction)."""
-    from bridge.sim.mockcloud import run_mock_cloud
+    from bridge.sim.server import run_mock_cloud
 
     if tls_key is not None and tls_cert is None:
         _fail("--tls-key needs --tls-cert")

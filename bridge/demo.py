@@ -28,7 +28,8 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bridge.sim.mockcloud import DEMO_PASSWORD, DEMO_USER, MockCloud
+from bridge.sim.behaviours import DEMO_PASSWORD, DEMO_USER
+from bridge.sim.server import MockCloud
 
 DEMO_GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 
@@ -96,23 +97,29 @@ def broker(workdir: Path) -> Iterator[tuple[int, str]]:
         proc.wait(10)
 
 
+def write_config(workdir: Path, port: int, protocol: str, base: str, cloud_url: str) -> Path:
+    """The demo bridge's config file: the embedded broker, the mock cloud, one device."""
+    config: dict[str, Any] = {
+        # No persistent session: the demo must leave nothing behind on someone's broker.
+        "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "client_id": base, "base_topic": base,
+                 "protocol": protocol, "persistent_session": False},
+        "cloud": {"base_url": cloud_url, "username": DEMO_USER, "password": DEMO_PASSWORD},
+        "devices": {"truck-12": DEMO_GUID},
+        "bridge": {"journal_path": str(workdir / "journal.sqlite")},
+        "homeassistant": {"enabled": False},
+    }
+    config_path = workdir / "bridge.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path
+
+
 def main() -> int:
     """Run the demo; exit 0 when the sample capture comes back ok."""
     workdir = Path(tempfile.mkdtemp(prefix="capture-bridge-demo-"))
     base = f"capture-bridge-demo-{uuid.uuid4().hex[:6]}"  # never touch a real bridge's topics
     with MockCloud(port=0) as cloud, broker(workdir) as (port, protocol):
         print(f"mock cloud: {cloud.url} (user {DEMO_USER})")
-        config: dict[str, Any] = {
-            # No persistent session: the demo must leave nothing behind on someone's broker.
-            "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "client_id": base, "base_topic": base,
-                     "protocol": protocol, "persistent_session": False},
-            "cloud": {"base_url": cloud.url, "username": DEMO_USER, "password": DEMO_PASSWORD},
-            "devices": {"truck-12": DEMO_GUID},
-            "bridge": {"journal_path": str(workdir / "journal.sqlite")},
-            "homeassistant": {"enabled": False},
-        }
-        config_path = workdir / "bridge.yaml"
-        config_path.write_text(yaml.safe_dump(config))
+        config_path = write_config(workdir, port, protocol, base, cloud.url)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTURE_BRIDGE_")}
         bridge = subprocess.Popen([sys.executable, "-m", "bridge", "run", "--config", str(config_path)], env=env)
 

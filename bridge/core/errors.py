@@ -17,7 +17,7 @@ from enum import StrEnum
 
 
 class ErrorCode(StrEnum):
-    """The `error` field of a state payload (SPEC.md, "State payload")."""
+    """The `error` field of a state payload (docs/topics.md, "State payload")."""
 
     INVALID_PAYLOAD = "invalid_payload"
     UNKNOWN_DEVICE = "unknown_device"

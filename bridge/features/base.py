@@ -76,11 +76,6 @@ class Bus:
         """Every state the bridge publishes: `hook(device, payload)`."""
         self._on_state.append(hook)
 
-    @property
-    def wants_states(self) -> bool:
-        """Someone listens to states (else the service publishes straight to the adapter)."""
-        return bool(self._on_state)
-
     # --- events ---------------------------------------------------------------------
 
     def command(self, command: Command) -> None:

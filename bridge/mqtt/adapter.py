@@ -18,7 +18,6 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -27,11 +26,12 @@ from bridge.core import topics
 from bridge.core.messages import Command, Route
 from bridge.core.redact import redact
 from bridge.infra.tls import mqtt_context
-from bridge.mqtt.diagnostics import response_topic_refusal, shown
+from bridge.mqtt.diagnostics import shown
 from bridge.mqtt.inbound import InboundGate
 from bridge.mqtt.loop import Client, LoopDriver
 from bridge.mqtt.outbound import PAHO_WINDOW, PublishQueue
-from bridge.mqtt.router import Router, command_of, empty_device
+from bridge.mqtt.responses import StateOut
+from bridge.mqtt.router import Router, empty_device, live_command
 from bridge.mqtt.session import Session
 from bridge.mqtt.share_probe import ShareProbe
 from bridge.mqtt.subscriptions import Subscriptions
@@ -72,8 +72,6 @@ class MqttAdapter:
         self._on_retained_command = on_retained_command
         self._routes = routes  # read at run(): features register theirs before the bridge starts
         self._router = Router(())
-        self._response_allowed = tuple(config.response_topics)
-        self._response_denied = (self._base, *owned_prefixes)
         self._problems: dict[str, str] = {}  # why we cannot do the job while connected (for /healthz)
         self._intake = True
         self.listening = False  # the command subscription is granted on this connection
@@ -81,6 +79,8 @@ class MqttAdapter:
         max_packet = max_payload_bytes + PACKET_OVERHEAD if max_payload_bytes is not None else None
         self.session = Session(self.client, config, max_packet)
         self.outbound = PublishQueue(self.client, config.qos)
+        self._states = StateOut(self.outbound, self._base, config.response_topics, (self._base, *owned_prefixes),
+                                v5=lambda: self.session.v5)
         self.inbound: InboundGate[Held] = InboundGate(
             ack=self.client.ack, pressing=lambda: self.outbound.pressing, deliver=self._deliver,
             call_soon=self._call_soon, before_ack=before_ack)
@@ -251,20 +251,9 @@ class MqttAdapter:
             return
         if self._probe.consumed(topic, device):
             return
-        if not message.payload:
-            # How a retained command is cleared (`mosquitto_pub -r -n`); 3.1.1 delivers the clearing
-            # as a live empty message. It is no command, and must not overwrite the last real state.
-            log.debug("ignored an empty message on %s (the clearing of a retained command)", topic,
-                      extra={"device": device})
-            return
-        if message.retain:
-            # A retained command is stale: a restart must not fire old captures.
-            log.warning("ignored a retained command on %s (retained commands are never executed)", topic,
-                        extra={"device": device})
-            if self._on_retained_command is not None:
-                self._on_retained_command(device, bytes(message.payload))
-            return
-        self.inbound.offer(message.qos, arrival, command_of(message, topic, device))
+        command = live_command(message, topic, device, self._on_retained_command)
+        if command is not None:
+            self.inbound.offer(message.qos, arrival, command)
 
     def _deliver(self, item: Held) -> None:
         try:
@@ -311,36 +300,9 @@ class MqttAdapter:
         correlation: bytes | None = None,
         on_acked: Callable[[], None] | None = None,
     ) -> None:
-        """The state, retained on the device's state topic; the final one also to the Response Topic.
-
-        Never raises. When neither topic can be published, the state is dropped with a WARNING
-        and `on_acked` runs at once: no broker will ever acknowledge it.
-        """
-        state_topic = topics.state_topic(self._base, device)
-        sent = self.publish(state_topic, payload, retain=retain, on_acked=on_acked)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("state published on %s (%d bytes, %s): %s", state_topic, len(payload),
-                      "retained" if retain else "not retained", payload[:300].decode(errors="replace"),
-                      extra={"device": device})
-        if response_topic and self.session.v5 and self._respond(device, payload, response_topic, correlation,
-                                                                None if sent else on_acked):
-            return
-        if not sent:
-            log.warning("state dropped: no topic it can be published on", extra={"device": device})
-            if on_acked is not None:
-                on_acked()
-
-    def _respond(self, device: str, payload: bytes, response_topic: str, correlation: bytes | None,
-                 on_acked: Callable[[], None] | None) -> bool:
-        refusal = response_topic_refusal(response_topic, self._response_allowed, self._response_denied)
-        if refusal is not None:
-            log.warning("Response Topic %s refused (%s): the state goes only to the state topic",
-                        shown(response_topic), refusal, extra={"device": device})
-            return False
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if correlation is not None:
-            props.CorrelationData = correlation
-        return self.publish(response_topic, payload, retain=False, properties=props, on_acked=on_acked)
+        """The state, and the final one to its Response Topic where allowed (responses.py); never raises."""
+        self._states.publish_state(device, payload, retain=retain, response_topic=response_topic,
+                                   correlation=correlation, on_acked=on_acked)
 
     # --- lifecycle ----------------------------------------------------------------
 

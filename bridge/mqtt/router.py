@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import paho.mqtt.client as paho
 
@@ -43,6 +43,26 @@ class Router:
 
 def _is_filter(topic: str) -> bool:
     return "+" in topic or "#" in topic
+
+
+def live_command(
+    message: paho.MQTTMessage, topic: str, device: str, on_retained: Callable[[str, bytes], None] | None
+) -> Command | None:
+    """A message on `<base>/<device>/capture/set` as a Command; None when it is never executed."""
+    if not message.payload:
+        # How a retained command is cleared (`mosquitto_pub -r -n`); 3.1.1 delivers the clearing
+        # as a live empty message. It is no command, and must not overwrite the last real state.
+        log.debug("ignored an empty message on %s (the clearing of a retained command)", topic,
+                  extra={"device": device})
+        return None
+    if message.retain:
+        # A retained command is stale: a restart must not fire old captures.
+        log.warning("ignored a retained command on %s (retained commands are never executed)", topic,
+                    extra={"device": device})
+        if on_retained is not None:
+            on_retained(device, bytes(message.payload))
+        return None
+    return command_of(message, topic, device)
 
 
 def command_of(message: paho.MQTTMessage, topic: str, device: str) -> Command:

@@ -5,8 +5,8 @@ in-memory fakes. Rules it keeps (each with its owner):
 
 - `submit` never blocks: intake (`core/intake.py`, pure) validates, the outbox journals, the
   cloud call runs in its own task;
-- at most one capture in flight per device; later ones wait their turn, in order; at most
-  `max_in_flight` cloud calls at once, at most `max_backlog` waiting: past that a command is
+- at most one capture in flight per device, later ones in order, at most `max_in_flight` cloud
+  calls at once (`scheduler.py`); at most `max_backlog` waiting: past that a command is
   answered `overloaded` at once;
 - a redelivered command does not fire a second capture (`dedupe.py`);
 - no acknowledgement before the journal commit, no state before its row (`outbox.py`);
@@ -19,10 +19,8 @@ in-memory fakes. Rules it keeps (each with its owner):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +34,7 @@ from bridge.infra.journal import Journal, JournalEntry
 from bridge.service.dedupe import RUNNING, Dedupe, DedupeKey
 from bridge.service.outbox import Outbox
 from bridge.service.ports import CaptureCloud, NoObserver, Observer, StatePublisher
+from bridge.service.scheduler import Scheduler
 
 log = logging.getLogger("bridge.service")
 
@@ -90,15 +89,8 @@ class CaptureService:
         self._clock = clock
         self._dedupe = Dedupe(dedupe_window)
         self._outbox = Outbox(journal, self._observer, publish=self._publish_committed, recovered=self._resume)
-        self._waiting: dict[str, deque[_Job]] = {}
-        self._ready: deque[str] = deque()
-        self._active: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._backlog = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._scheduler: Scheduler[_Job] = Scheduler(self._run, max_in_flight, self._observer)
         self.closed = False
-        self._cancelling = False
         self.finished = 0  # final states so far
 
     # --- intake ---------------------------------------------------------------
@@ -106,12 +98,12 @@ class CaptureService:
     @property
     def in_flight(self) -> int:
         """Cloud calls under way."""
-        return len(self._active)
+        return self._scheduler.in_flight
 
     @property
     def backlog(self) -> int:
         """Commands waiting for their device or for a free slot."""
-        return self._backlog
+        return self._scheduler.backlog
 
     @property
     def journal_ok(self) -> bool:
@@ -201,26 +193,20 @@ class CaptureService:
         self._schedule(job)
 
     def _schedule(self, job: _Job) -> None:
-        key = job.key
-        if key in self._active or key in self._waiting or len(self._active) >= self._max_in_flight:
-            if self._backlog >= self._max_backlog:
+        scheduler = self._scheduler
+        if scheduler.must_wait(job.key):
+            if scheduler.backlog >= self._max_backlog:
                 overloaded = CloudError(ErrorCode.OVERLOADED, f"backlog full ({self._max_backlog} commands waiting)")
                 self._finish(job, states.error_state(job.ctx, overloaded))
                 return
             if self._publish_pending:
                 self._publish(job, states.pending_state(job.ctx), final=False)
-            self._backlog += 1
-            queue = self._waiting.get(key)
-            if queue is None:
-                queue = self._waiting[key] = deque()
-                if key not in self._active:
-                    self._ready.append(key)
-            queue.append(job)
+            scheduler.enqueue(job)
         else:
             if self._publish_pending:
                 self._publish(job, states.pending_state(job.ctx), final=False)
-            self._start(job)
-        self._observer.load(len(self._active), self._backlog)
+            scheduler.start(job)
+        self._observer.load(scheduler.in_flight, scheduler.backlog)
 
     def replay(self, entries: list[JournalEntry]) -> None:
         """Take back what the journal held at start: republish known states, run the rest again.
@@ -264,13 +250,6 @@ class CaptureService:
 
     # --- running ---------------------------------------------------------------
 
-    def _start(self, job: _Job) -> None:
-        self._active.add(job.key)
-        self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._run(job))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _run(self, job: _Job) -> None:
         assert job.capture is not None
         assert job.ctx.asset_guid is not None
@@ -284,7 +263,7 @@ class CaptureService:
             state = states.error_state(job.ctx, exc)
         except asyncio.CancelledError:
             # Shutdown deadline: no state now; the journal runs it again at the next start.
-            self._release(job.key)
+            self._scheduler.release(job.key)
             raise
         except Exception as exc:  # a bug must still end in a state, never silence
             log.exception("unexpected failure", extra={"device": job.command.device})
@@ -297,23 +276,7 @@ class CaptureService:
         try:
             self._finish(job, state)
         finally:
-            self._release(job.key)
-
-    def _release(self, key: str) -> None:
-        self._active.discard(key)
-        if key in self._waiting:
-            self._ready.append(key)
-        while self._ready and len(self._active) < self._max_in_flight and not self._cancelling:
-            nxt = self._ready.popleft()
-            queue = self._waiting[nxt]
-            job = queue.popleft()
-            if not queue:
-                del self._waiting[nxt]
-            self._backlog -= 1
-            self._start(job)
-        if not self._active and not self._waiting:
-            self._idle.set()
-        self._observer.load(len(self._active), self._backlog)
+            self._scheduler.release(job.key)
 
     # --- answering -------------------------------------------------------------
 
@@ -357,16 +320,6 @@ class CaptureService:
     async def drain(self, deadline: float) -> int:
         """Stop taking work; wait up to `deadline` seconds for what runs and waits; return how many did not finish."""
         self.closed = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), deadline)
-        unfinished = len(self._active) + self._backlog
-        self._cancelling = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._waiting.clear()
-        self._ready.clear()
-        self._backlog = 0
+        unfinished = await self._scheduler.drain(deadline)
         self._outbox.cancel_retry()
         return unfinished
