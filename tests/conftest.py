@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from bridge.sim.mockcloud import DEMO_PASSWORD, DEMO_USER, Behaviour, Fault, MockCloud
+from bridge.sim.behaviours import DEMO_PASSWORD, DEMO_USER, Behaviour, Fault
+from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import BridgeProcess, deep_merge
 from tests.support.broker import Broker, DockerBroker, docker_available
-from tests.support.probe import Probe, Received
-
-# GUIDs the mock cloud knows, one per behaviour.
-GUIDS = {behaviour: str(uuid.UUID(int=i + 1, version=4)) for i, behaviour in enumerate(Behaviour)}
+from tests.support.commands import is_online
+from tests.support.configs import GUIDS, bridge_config
+from tests.support.probe import Probe
 
 
 @pytest.fixture(scope="session")
@@ -64,33 +64,6 @@ def base_topic() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-def bridge_config(broker: Broker, cloud: MockCloud, base_topic: str, workdir: Path) -> dict[str, Any]:
-    """A config for the bridge under test: private broker, mock cloud, own topics and journal."""
-    return {
-        "mqtt": {
-            "url": broker.url,
-            "client_id": f"bridge-{base_topic}",
-            "base_topic": base_topic,
-            "reconnect_min": 0.2,
-            "reconnect_max": 1.0,
-        },
-        "cloud": {
-            "base_url": cloud.url,
-            "username": DEMO_USER,
-            "password": DEMO_PASSWORD,
-            "read_timeout": 3.0,
-            "retry_backoff": 0.05,
-            "retry_backoff_max": 0.2,
-        },
-        "devices": {
-            "truck-12": GUIDS[Behaviour.OK],
-            **{f"dev-{b.value}": GUIDS[b] for b in Behaviour},
-        },
-        "bridge": {"journal_path": str(workdir / "journal.sqlite"), "shutdown_timeout": 5.0},
-        "homeassistant": {"enabled": False},
-    }
-
-
 @pytest.fixture
 def start_bridge(
     broker: Broker, cloud: MockCloud, base_topic: str, tmp_path: Path, probe: Probe
@@ -106,11 +79,7 @@ def start_bridge(
         if wait_online:
             base = config["mqtt"]["base_topic"]
             probe.subscribe(f"{base}/bridge/state")
-            topic = f"{base}/bridge/state"
-
-            def live_online(m: Received) -> bool:
-                return m.topic == topic and m.payload == b'{"state":"online"}' and not m.retain
-
+            live_online = is_online(base)
             n = len([m for m in probe.messages if live_online(m)])
             probe.wait_for(live_online, count=n + 1, timeout=20)
         return proc

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 
 from bridge.config import MqttConfig
 from bridge.core import topics
-from bridge.mqtt.adapter import PUBLISH_HIGH_WATER, MqttAdapter
-from bridge.service.capture import Command
+from bridge.core.messages import Command, Route
+from bridge.mqtt.adapter import MqttAdapter
+from bridge.mqtt.inbound import PUBLISH_HIGH_WATER
 from tests.support.broker import Broker
 from tests.support.probe import Probe
-
-
-async def until(check: Callable[[], bool], what: Callable[[], str] | str, seconds: float = 10) -> None:
-    """Wait for a condition with a deadline (the event loop keeps running meanwhile)."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, what() if callable(what) else what
-        await asyncio.sleep(0.02)  # ok: polling a condition with a deadline
+from tests.support.waits import wait_until_async
 
 
 def test_states_are_kept_in_order_when_paho_refuses_more_and_commands_wait(
@@ -36,15 +28,15 @@ def test_states_are_kept_in_order_when_paho_refuses_more_and_commands_wait(
         # paho's own limit, made small: it answers MQTT_ERR_QUEUE_SIZE exactly as at 65,535 waiting.
         adapter.client.max_queued_messages_set(20)
         task = asyncio.create_task(adapter.run())
-        await until(lambda: adapter.connected, "adapter did not connect")
+        await wait_until_async(lambda: adapter.connected, what="adapter did not connect")
         for i in range(total):
             adapter.publish_state("dev", json.dumps({"status": "ok", "n": i}).encode())
         # What _flush_acks asks before acknowledging commands (absent before the fix: never held).
-        held_back = getattr(adapter, "_held_back", lambda: False)()
+        held_back = adapter.inbound.held_back()
         topic = f"{base_topic}/dev/capture/state"
         found = await asyncio.to_thread(probe.wait_for, lambda m: m.topic == topic, count=total, timeout=30)
         assert [json.loads(m.payload)["n"] for m in found] == list(range(total))  # none lost, in order
-        released = not adapter.backpressure
+        released = not adapter.inbound.backpressure
         await adapter.close()
         task.cancel()
         return held_back, released
@@ -68,15 +60,15 @@ def test_commands_that_arrive_under_back_pressure_wait_unacknowledged_and_run_in
     def adapter_for() -> MqttAdapter:
         config = MqttConfig(url=broker.url, client_id=client_id, base_topic=base_topic)
         adapter = MqttAdapter(config, received.append, before_ack=lambda: True)
-        real = adapter._held_back
-        adapter._held_back = lambda: pressure[0] or real()  # type: ignore[method-assign]
-        adapter.backpressure = pressure[0]
+        real = adapter.inbound.held_back
+        adapter.inbound.held_back = lambda: pressure[0] or real()  # type: ignore[method-assign]
+        adapter.inbound.backpressure = pressure[0]
         return adapter
 
     async def go() -> None:
         adapter = adapter_for()
         task = asyncio.create_task(adapter.run())
-        await until(lambda: adapter.listening, "no command subscription")
+        await wait_until_async(lambda: adapter.listening, what="no command subscription")
         for i in range(30):
             await asyncio.to_thread(probe.publish, f"{base_topic}/dev-{i % 3}/capture/set", {"request_id": f"r{i}"})
         await asyncio.sleep(0.5)  # ok: proving that nothing happens for a while
@@ -88,11 +80,11 @@ def test_commands_that_arrive_under_back_pressure_wait_unacknowledged_and_run_in
         pressure[0] = True
         again = adapter_for()
         task = asyncio.create_task(again.run())
-        await until(lambda: again.listening, "no command subscription after the restart")
+        await wait_until_async(lambda: again.listening, what="no command subscription after the restart")
         await asyncio.sleep(0.5)  # ok: proving that nothing happens for a while
         assert received == []
         pressure[0] = False  # the broker caught up: held commands run, in arrival order
-        await until(lambda: len(received) >= 30, lambda: f"held commands not released: {len(received)}")
+        await wait_until_async(lambda: len(received) >= 30, what=lambda: f"held commands not released: {len(received)}")
         assert [json.loads(c.payload)["request_id"] for c in received] == [f"r{i}" for i in range(30)]
         await again.close()
         task.cancel()
@@ -100,9 +92,9 @@ def test_commands_that_arrive_under_back_pressure_wait_unacknowledged_and_run_in
         received.clear()
         last = adapter_for()  # everything was acknowledged once it ran: nothing comes back
         task = asyncio.create_task(last.run())
-        await until(lambda: last.listening, "no command subscription the third time")
+        await wait_until_async(lambda: last.listening, what="no command subscription the third time")
         await asyncio.to_thread(probe.publish, f"{base_topic}/dev-0/capture/set", {"request_id": "fresh"})
-        await until(lambda: bool(received), "a new command was not delivered")
+        await wait_until_async(lambda: bool(received), what="a new command was not delivered")
         assert [json.loads(c.payload)["request_id"] for c in received] == ["fresh"]
         await last.close()
         task.cancel()
@@ -117,18 +109,18 @@ def test_a_discovery_announcement_does_not_hold_commands_back(broker: Broker, ba
         config = MqttConfig(url=broker.url, client_id=f"bulk-{base_topic}", base_topic=base_topic)
         adapter = MqttAdapter(config, lambda command: None, before_ack=lambda: True)
         task = asyncio.create_task(adapter.run())
-        await until(lambda: adapter.connected, "adapter did not connect")
+        await wait_until_async(lambda: adapter.connected, what="adapter did not connect")
         acked: list[int] = []
         for i in range(PUBLISH_HIGH_WATER + 500):
             adapter.publish(f"ha-{base_topic}/camera/{i}/config", b"{}", qos=1, retain=False,
                             on_acked=lambda: acked.append(1), bulk=True)
-        bulk_held_back = adapter._held_back()
+        bulk_held_back = adapter.inbound.held_back()
         for i in range(PUBLISH_HIGH_WATER + 500):
             adapter.publish_state("dev", json.dumps({"n": i}).encode(), retain=False)
-        states_held_back = adapter._held_back()
+        states_held_back = adapter.inbound.held_back()
         # Every bulk message still reaches the broker.
-        await until(lambda: len(acked) >= PUBLISH_HIGH_WATER + 500, lambda: f"{len(acked)} bulk messages acknowledged",
-                    seconds=20)
+        await wait_until_async(lambda: len(acked) >= PUBLISH_HIGH_WATER + 500, seconds=20,
+                               what=lambda: f"{len(acked)} bulk messages acknowledged")
         await adapter.close()
         task.cancel()
         return bulk_held_back, states_held_back
@@ -151,20 +143,21 @@ def test_a_settings_change_keeps_its_place_behind_held_commands(
             config,
             lambda command: seen.append("capture " + json.loads(command.payload)["request_id"]),
             before_ack=lambda: True,
-            filter_handlers={topics.settings_set_filter(base_topic): lambda t, p, r: seen.append("settings")},
+            routes=[Route(topics.settings_set_filter(base_topic), lambda t, p, r: seen.append("settings"),
+                          ordered=True)],
         )
-        real = adapter._held_back
-        adapter._held_back = lambda: pressure[0] or real()  # type: ignore[method-assign]
-        adapter.backpressure = True
+        real = adapter.inbound.held_back
+        adapter.inbound.held_back = lambda: pressure[0] or real()  # type: ignore[method-assign]
+        adapter.inbound.backpressure = True
         task = asyncio.create_task(adapter.run())
-        await until(lambda: adapter.listening and not adapter._subscribing, "no subscriptions")
+        await wait_until_async(lambda: adapter.listening and not adapter.subscriptions.pending, what="no subscriptions")
         await asyncio.to_thread(probe.publish, f"{base_topic}/truck/capture/set", {"request_id": "r1"})
         await asyncio.to_thread(probe.publish, topics.settings_set_topic(base_topic, "truck"), {"resolution": "1080p"})
         await asyncio.to_thread(probe.publish, f"{base_topic}/truck/capture/set", {"request_id": "r2"})
-        await until(lambda: adapter.held_commands >= 3, lambda: f"{adapter.held_commands} held")
+        await wait_until_async(lambda: adapter.held_commands >= 3, what=lambda: f"{adapter.held_commands} held")
         assert seen == []
         pressure[0] = False
-        await until(lambda: len(seen) >= 3, lambda: f"released: {seen}")
+        await wait_until_async(lambda: len(seen) >= 3, what=lambda: f"released: {seen}")
         assert seen == ["capture r1", "settings", "capture r2"]
         await adapter.close()
         task.cancel()

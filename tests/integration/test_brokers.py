@@ -14,21 +14,24 @@ A broker that is not installed is skipped with what to install.
 
 from __future__ import annotations
 
+import functools
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from bridge.sim.mockcloud import DEMO_PASSWORD, DEMO_USER, MockCloud
+from bridge.sim.behaviours import DEMO_PASSWORD, DEMO_USER
+from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import ROOT, BridgeProcess, deep_merge
 from tests.support.brokers import MATRIX, MatrixBroker, Unavailable
 from tests.support.capabilities import Capabilities, keeps_sessions_across_restart, measure
+from tests.support.commands import finals_by_request
 from tests.support.probe import Probe, Received
+from tests.support.waits import wait_until
 
 MEASURED: dict[str, Capabilities] = {}
 
@@ -168,24 +171,8 @@ def publish_burst(probe: Probe, topics_payloads: list[tuple[str, str]]) -> None:
         info.wait_for_publish(60)
 
 
-def final_states(probe: Probe, base: str) -> dict[str, list[dict[str, Any]]]:
-    """Final (non-pending) capture states seen, grouped by request_id."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for m in list(probe.messages):
-        if m.topic.startswith(base + "/") and m.topic.endswith("/capture/state") and m.payload:
-            state = m.json()
-            if state["status"] != "pending":
-                out.setdefault(str(state["request_id"]), []).append(state)
-    return out
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a condition with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        time.sleep(0.05)  # ok: polling with a deadline
+# Final states grouped by request_id, whatever the retain flag a broker delivers them with.
+final_states = functools.partial(finals_by_request, with_retained=True)
 
 
 # --- what the broker itself does ------------------------------------------------------------
@@ -199,17 +186,17 @@ def restart_capability(broker: MatrixBroker, caps: Capabilities) -> bool:
 
 
 def readme_brokers_table(first_header: str = "broker") -> dict[str, dict[str, str]]:
-    """A table of the README's "Brokers" section, found by its first column's header: row -> column -> cell."""
-    text = (ROOT / "README.md").read_text()
-    section = re.search(r"^## Brokers\n(.*?)(?=^## )", text, re.S | re.M)
-    assert section, "README has no '## Brokers' section"
+    """A table of docs/brokers.md's "Broker matrix" section, found by its first column's header."""
+    text = (ROOT / "docs" / "brokers.md").read_text()
+    section = re.search(r"^## Broker matrix\n(.*?)(?=^## )", text, re.S | re.M)
+    assert section, "docs/brokers.md has no '## Broker matrix' section"
     tables = re.findall(r"((?:^\|.*\n)+)", section.group(1), re.M)
     for table in tables:
         rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()]
         header, body = rows[0], rows[2:]
         if header[0] == first_header:
             return {row[0]: dict(zip(header[1:], row[1:], strict=True)) for row in body}
-    raise AssertionError(f"README Brokers section has no table whose first column is {first_header!r}")
+    raise AssertionError(f"docs/brokers.md has no table whose first column is {first_header!r}")
 
 
 def yes_no(value: bool | None) -> str:

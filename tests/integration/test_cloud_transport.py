@@ -9,29 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from bridge.app import make_http
+from bridge.bootstrap import make_http
 from bridge.config import CloudConfig
 from bridge.core.errors import CloudError, ErrorCode
-from bridge.infra.cloud import CloudClient, InstructionReply
+from bridge.core.reply import InstructionReply
+from bridge.infra.cloud import CloudClient
 from bridge.infra.transport import AiohttpTransport
-from bridge.sim.mockcloud import DEMO_PASSWORD, DEMO_USER, Fault, MockCloud
+from bridge.sim.behaviours import DEMO_PASSWORD, DEMO_USER, Fault
+from bridge.sim.server import MockCloud
+from tests.support.aio import run
 from tests.support.proxy import ConnectProxy, Forwarder
 from tests.support.tls import Pki, make_pki
 
-T = TypeVar("T")
 PARAMS: dict[str, Any] = {"FCameraID": "0", "FType": 1, "FCount": 1, "FDuration": 0, "FResolution": 2, "FInterval": 0}
 UNKNOWN = "the cloud may have received it"
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-    """One test coroutine on a fresh loop; a hang becomes a failure."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+# Real sockets, retries and TLS handshakes: a longer deadline for a hang than a unit test's.
+DEADLINE = 30.0
 
 
 def fresh_guid() -> str:
@@ -96,7 +95,7 @@ def test_exactly_one_post_when_the_server_fails_after_reading(ok_cloud: MockClou
     ok_cloud.device_faults[guid] = fault
     ok_cloud.slow_delay = 1.0
 
-    exc = failed(run(capture_once(ok_cloud.url, guid, read_timeout=0.5, retry_attempts=5)))
+    exc = failed(run(capture_once(ok_cloud.url, guid, read_timeout=0.5, retry_attempts=5), DEADLINE))
 
     assert len(ok_cloud.instructions_for(guid)) == 1
     assert exc.code is ErrorCode.CLOUD_UNREACHABLE
@@ -118,7 +117,7 @@ def test_exactly_one_post_when_a_reused_connection_dies_after_reading(ok_cloud: 
         finally:
             await bridge.close()
 
-    one, two, new_connections = run(scenario())
+    one, two, new_connections = run(scenario(), DEADLINE)
 
     assert isinstance(one, InstructionReply)
     assert new_connections == 0, "the second capture went out on the pooled connection"
@@ -130,7 +129,7 @@ def test_device_timeout_is_sent_once(cloud: MockCloud) -> None:
     guid = fresh_guid()
     cloud.devices[guid] = "timeout"
 
-    exc = failed(run(capture_once(cloud.url, guid, retry_attempts=5)))
+    exc = failed(run(capture_once(cloud.url, guid, retry_attempts=5), DEADLINE))
 
     assert (exc.code, exc.result) == (ErrorCode.DEVICE_TIMEOUT, 138)
     assert exc.message.endswith(UNKNOWN)
@@ -143,7 +142,7 @@ def test_503_then_200_is_two_posts(ok_cloud: MockCloud) -> None:
     ok_cloud.fault_count = 1
     ok_cloud.fault = Fault.HTTP_503
 
-    reply = run(capture_once(ok_cloud.url, guid, retry_attempts=5))
+    reply = run(capture_once(ok_cloud.url, guid, retry_attempts=5), DEADLINE)
 
     assert isinstance(reply, InstructionReply)
     assert reply.message == "ins send ok (after 2 tries)"
@@ -153,7 +152,7 @@ def test_503_then_200_is_two_posts(ok_cloud: MockCloud) -> None:
 def test_refused_connection_is_retried_and_says_so() -> None:
     with MockCloud() as gone:
         url = gone.url
-    exc = failed(run(capture_once(url, fresh_guid(), retry_attempts=3)))
+    exc = failed(run(capture_once(url, fresh_guid(), retry_attempts=3), DEADLINE))
 
     assert exc.code is ErrorCode.CLOUD_UNREACHABLE
     assert "connection refused" in exc.message
@@ -182,7 +181,7 @@ def test_https_verified_with_ca_file(tls_cloud: MockCloud, pki: Pki) -> None:
     guid = fresh_guid()
     assert tls_cloud.url.startswith("https://127.0.0.1:")
 
-    reply = run(capture_once(tls_cloud.url, guid, ca_file=str(pki.ca_cert)))
+    reply = run(capture_once(tls_cloud.url, guid, ca_file=str(pki.ca_cert)), DEADLINE)
 
     assert isinstance(reply, InstructionReply), reply
     assert len(tls_cloud.instructions_for(guid)) == 1
@@ -201,7 +200,7 @@ def test_https_refused_once_with_a_clear_message(tls_cloud: MockCloud, pki: Pki,
                                          ca_file=str(ca), retry_attempts=5)
             return outcome, relay.connections
 
-    outcome, connections = run(scenario())
+    outcome, connections = run(scenario(), DEADLINE)
 
     exc = failed(outcome)
     assert exc.code is ErrorCode.CLOUD_UNREACHABLE
@@ -216,7 +215,7 @@ def test_malformed_replies_over_tls_are_errors_not_tracebacks(tls_cloud: MockClo
     guid = fresh_guid()
     tls_cloud.device_faults[guid] = fault
     try:
-        exc = failed(run(capture_once(tls_cloud.url, guid, ca_file=str(pki.ca_cert), retry_attempts=5)))
+        exc = failed(run(capture_once(tls_cloud.url, guid, ca_file=str(pki.ca_cert), retry_attempts=5), DEADLINE))
     finally:
         tls_cloud.device_faults.clear()
 
@@ -234,7 +233,7 @@ def test_concurrent_cold_calls_to_a_host_name_share_one_dns_lookup(tls_cloud: Mo
         finally:
             await bridge.close()
 
-    outcomes, lookups = run(scenario())
+    outcomes, lookups = run(scenario(), DEADLINE)
 
     assert all(isinstance(o, InstructionReply) for o in outcomes), [o for o in outcomes if isinstance(o, CloudError)]
     assert lookups == 1
@@ -262,7 +261,7 @@ def test_https_proxy_from_the_environment(tls_cloud: MockCloud, pki: Pki, proxy_
             outcome = await capture_once(tls_cloud.url, guid, ca_file=str(pki.ca_cert))
             return outcome, proxy.tunnels
 
-    outcome, tunnels = run(scenario())
+    outcome, tunnels = run(scenario(), DEADLINE)
 
     assert isinstance(outcome, InstructionReply), outcome
     assert tunnels == ([] if bypass else [f"127.0.0.1:{tls_cloud.port}"])
@@ -286,7 +285,7 @@ def test_pooled_connection_silently_dropped_costs_no_timeout(ok_cloud: MockCloud
             finally:
                 await bridge.close()
 
-    first, second, connections = run(scenario())
+    first, second, connections = run(scenario(), DEADLINE)
 
     assert isinstance(first, InstructionReply)
     assert isinstance(second, InstructionReply), second
@@ -313,7 +312,7 @@ def test_pooled_connection_closed_by_the_server_is_replaced_quietly() -> None:
             finally:
                 await bridge.close()
 
-        first, second, opened = run(scenario())
+        first, second, opened = run(scenario(), DEADLINE)
 
     assert isinstance(first, InstructionReply), first
     assert isinstance(second, InstructionReply), second

@@ -6,47 +6,30 @@ Everything goes through the real bridge process, a real Mosquitto and the mock c
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import re
 import signal
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import __version__
-from bridge.sim.mockcloud import Behaviour, MockCloud
-from tests.conftest import GUIDS, bridge_config
-from tests.support.bridge_proc import BridgeProcess, deep_merge
+from bridge.sim.behaviours import Behaviour
+from bridge.sim.server import MockCloud
+from tests.support.bridge_proc import BridgeProcess, StartBridge, deep_merge, gaps, log_lines, running_bridge
 from tests.support.broker import Broker, free_port
+from tests.support.commands import ONLINE, is_online, send
+from tests.support.configs import GUIDS, bridge_config
+from tests.support.http import http_answer, http_get, metric_value
 from tests.support.probe import Probe, Received
 from tests.support.tls import Pki, broker_extra, client_context, make_password_file, make_pki
-
-StartBridge = Callable[..., BridgeProcess]
-
-ONLINE = b'{"state":"online"}'
-
+from tests.support.waits import wait_until
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def poll(check: Callable[[], bool], *, timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> None:
-    """Wait until `check()` is true, or fail after `timeout` seconds (`what` may be computed on failure)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what() if callable(what) else what}: not true after {timeout}s")
-        time.sleep(interval)  # ok: polling with a deadline
 
 
 def on_topic(topic: str) -> Callable[[Received], bool]:
@@ -54,79 +37,10 @@ def on_topic(topic: str) -> Callable[[Received], bool]:
     return lambda m: m.topic == topic
 
 
-def is_online(base: str) -> Callable[[Received], bool]:
-    """Matches a live (not retained) `online` on the bridge's availability topic."""
-    topic = f"{base}/bridge/state"
-    return lambda m: m.topic == topic and m.payload == ONLINE and not m.retain
-
-
 def wait_online(probe: Probe, base: str, timeout: float = 20.0) -> None:
     """Wait for the bridge on `base` to announce itself online."""
     probe.subscribe(f"{base}/bridge/state")
     probe.wait_for(is_online(base), timeout=timeout)
-
-
-def send(probe: Probe, base: str, device: str, payload: bytes | str | dict[str, Any], **kw: Any) -> dict[str, Any]:
-    """Publish one command and return its final state."""
-    state_topic = f"{base}/{device}/capture/state"
-    probe.subscribe(state_topic)
-    before = len([m for m in probe.on_topic(state_topic) if m.payload and m.json()["status"] != "pending"])
-    probe.publish(f"{base}/{device}/capture/set", payload, **kw)
-    return probe.final_states(state_topic, count=before + 1, timeout=15)[-1]
-
-
-@contextlib.contextmanager
-def running_bridge(workdir: Path, config: dict[str, Any], *args: str) -> Iterator[BridgeProcess]:
-    """A bridge process that is stopped (SIGTERM, then SIGKILL) whatever happens."""
-    proc = BridgeProcess(workdir, config).start(*args)
-    try:
-        yield proc
-    finally:
-        try:
-            proc.stop(timeout=15)
-        except Exception:
-            proc.kill()
-
-
-def http_get(url: str) -> tuple[int, str]:
-    """Status and body of a GET; HTTP errors are answers too."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
-
-
-def http_answer(url: str, timeout: float = 15.0) -> tuple[int, str]:
-    """The first answer of a server that may still be starting."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return http_get(url)
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)  # ok: polling a port with a deadline
-
-
-def metric_value(text: str, sample_name: str, **labels: str) -> float | None:
-    """The value of one sample in Prometheus text, or None when absent."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return None
-
-
-def log_lines(bridge: BridgeProcess, needle: str) -> list[str]:
-    """Lines of the bridge log containing `needle`."""
-    return [line for line in bridge.log_text().splitlines() if needle in line]
-
-
-def gaps(lines: list[str]) -> list[float]:
-    """Seconds between consecutive human-format log lines (`2026-11-29 20:44:01,372 ...`)."""
-    times = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in lines]
-    return [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
 
 
 # --- 1. Home Assistant discovery ----------------------------------------------------------------
@@ -254,7 +168,7 @@ def test_a_capture_taken_back_after_a_crash_keeps_the_devices_settings(
     cloud.latency = 3.0
     before = cloud.instruction_count
     probe.publish(f"{base_topic}/truck-12/capture/set", {"request_id": "crash-1"}, qos=1)
-    poll(lambda: cloud.instruction_count > before, timeout=10, what="the capture reached the cloud")
+    wait_until(lambda: cloud.instruction_count > before, timeout=10, what="the capture reached the cloud")
     bridge.kill()  # the journal keeps the command; the next start runs it again
     cloud.latency = 0.0
     start_bridge({"cloud": {"read_timeout": 15.0}})
@@ -451,8 +365,8 @@ def test_tls_untrusted_broker_is_a_clear_error(
         probe.subscribe(f"{base_topic}/bridge/state")
         with running_bridge(tmp_path / "bridge", config) as bridge:
             bridge.wait_log("certificate verify failed", timeout=15)
-            poll(lambda: len(log_lines(bridge, "certificate verify failed")) >= 2, timeout=10,
-                 what="a second attempt")
+            wait_until(lambda: len(log_lines(bridge, "certificate verify failed")) >= 2, timeout=10,
+                       what="a second attempt")
             assert bridge.proc is not None
             assert bridge.proc.poll() is None, "the bridge must keep trying, not exit"
             log = bridge.log_text()
@@ -503,8 +417,8 @@ def test_tls_missing_client_certificate_is_reported(
         with running_bridge(tmp_path / "bridge", config) as bridge:
             # Under TLS 1.3 the client's handshake completes before the server checks for a certificate:
             # the rejection is an alert on the first read. It must still be logged, and backed off.
-            poll(lambda: len(log_lines(bridge, "certificate")) >= 3, timeout=10,
-                 what=lambda: f"three certificate errors in the log:\n{bridge.log_text()[-2000:]}")
+            wait_until(lambda: len(log_lines(bridge, "certificate")) >= 3, timeout=10,
+                       what=lambda: f"three certificate errors in the log:\n{bridge.log_text()[-2000:]}")
             assert bridge.proc is not None
             assert bridge.proc.poll() is None, "the bridge must keep trying, not exit"
             errors = log_lines(bridge, "certificate")
@@ -596,8 +510,8 @@ def test_metrics_and_healthz(start_bridge: StartBridge, probe: Probe, base_topic
     status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
     assert status == 200, body
     assert json.loads(body)["status"] == "ok"
-    poll(lambda: json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1])["cloud"] != "not checked yet",
-         timeout=10, what="the start-up cloud login")
+    wait_until(lambda: json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1])["cloud"] != "not checked yet",
+               timeout=10, what="the start-up cloud login")
     assert json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1]) == {
         "status": "ok", "mqtt": "ok", "cloud": "login ok as demo"}
     assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
@@ -634,11 +548,11 @@ def test_healthz_follows_the_broker(cloud: MockCloud, base_topic: str, tmp_path:
     try:
         with running_bridge(tmp_path / "bridge", config):
             http_answer(url)
-            poll(lambda: http_get(url)[0] == 200, timeout=15, what="healthy while connected")
+            wait_until(lambda: http_get(url)[0] == 200, timeout=15, what="healthy while connected")
             own.stop()
-            poll(lambda: http_get(url)[0] == 503, timeout=15, what="unhealthy without the broker")
+            wait_until(lambda: http_get(url)[0] == 503, timeout=15, what="unhealthy without the broker")
             own.start()
-            poll(lambda: http_get(url)[0] == 200, timeout=15, what="healthy again after the broker returned")
+            wait_until(lambda: http_get(url)[0] == 200, timeout=15, what="healthy again after the broker returned")
     finally:
         own.stop()
 

@@ -1,35 +1,29 @@
 """End to end: a real Mosquitto, the real bridge process, the mock cloud over real HTTP.
 
-Every row of SPEC.md's error table is produced here through the broker and HTTP.
+Every row of the cloud API's documented error table is produced here through the broker and HTTP.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from bridge.sim.mockcloud import DEMO_PASSWORD, Behaviour, Fault, MockCloud
-from tests.conftest import GUIDS
-from tests.support.bridge_proc import BridgeProcess
+from bridge.sim.behaviours import DEMO_PASSWORD, Behaviour, Fault
+from bridge.sim.server import MockCloud
+from tests.support import commands
+from tests.support.bridge_proc import StartBridge
+from tests.support.cli import bridge_cli
+from tests.support.configs import GUIDS
 from tests.support.probe import Probe
 
-StartBridge = Callable[..., BridgeProcess]
-
-
-def send(probe: Probe, base: str, device: str, payload: bytes | str | dict[str, Any], **kw: Any) -> dict[str, Any]:
-    """Publish one command and return its final state."""
-    state_topic = f"{base}/{device}/capture/state"
-    probe.subscribe(state_topic)
-    before = len([m for m in probe.on_topic(state_topic) if m.payload and m.json()["status"] != "pending"])
-    probe.publish(f"{base}/{device}/capture/set", payload, **kw)
-    return probe.final_states(state_topic, count=before + 1)[-1]
+# Each command here waits the probe's usual 10 s for its final state.
+send = functools.partial(commands.send, timeout=10.0)
 
 
 def test_photo_round_trip(start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud) -> None:
@@ -275,8 +269,7 @@ def test_secrets_never_leak(start_bridge: StartBridge, probe: Probe, base_topic:
 def test_config_error_exits_2_with_one_line(tmp_path: Any) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("mqtt:\n  colour: red\ncloud:\n  token: x\n")
-    result = subprocess.run([sys.executable, "-m", "bridge", "run", "--config", str(bad)],
-                            capture_output=True, text=True, timeout=30)
+    result = bridge_cli("run", "--config", str(bad))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -287,8 +280,7 @@ def test_check_config_masks_secrets(tmp_path: Any) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("mqtt:\n  password: mqtt-secret-1\ncloud:\n  username: u\n  password: cloud-secret-2\n"
                    "  token: tok-secret-3\n")
-    result = subprocess.run([sys.executable, "-m", "bridge", "check-config", "--config", str(cfg)],
-                            capture_output=True, text=True, timeout=30)
+    result = bridge_cli("check-config", "--config", str(cfg))
     assert result.returncode == 0
     for secret in ("mqtt-secret-1", "cloud-secret-2", "tok-secret-3",
                    hashlib.md5(b"cloud-secret-2").hexdigest()):
@@ -302,8 +294,7 @@ def _capture_cli(tmp_path: Any, cloud: MockCloud, *args: str) -> subprocess.Comp
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"cloud": {"base_url": cloud.url, "username": "demo", "password": DEMO_PASSWORD},
                                "devices": {"truck-12": GUIDS[Behaviour.OK], "off": GUIDS[Behaviour.OFFLINE]}}))
-    return subprocess.run([sys.executable, "-m", "bridge", "capture", *args, "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=30)
+    return bridge_cli("capture", *args, "--config", str(cfg))
 
 
 def test_capture_cli_ok(tmp_path: Any, cloud: MockCloud) -> None:
@@ -319,8 +310,7 @@ def test_capture_cli_uses_the_config_defaults_of_the_device(tmp_path: Any, cloud
     cfg.write_text(json.dumps({"cloud": {"base_url": cloud.url, "username": "demo", "password": DEMO_PASSWORD},
                                "devices": {"truck-12": {"guid": GUIDS[Behaviour.OK],
                                                         "defaults": {"resolution": "1080p", "count": 2}}}}))
-    result = subprocess.run([sys.executable, "-m", "bridge", "capture", "truck-12", "--count", "3", "--config",
-                             str(cfg)], capture_output=True, text=True, timeout=30)
+    result = bridge_cli("capture", "truck-12", "--count", "3", "--config", str(cfg))
     assert result.returncode == 0, result.stderr
     request = json.loads(result.stdout)["request"]
     assert (request["FResolution"], request["FCount"]) == (3, 3)  # the default, and the option over it

@@ -7,42 +7,31 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import socket
 import socketserver
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from bridge.sim.mockcloud import Behaviour, MockCloud
-from tests.conftest import GUIDS, bridge_config
-from tests.integration.test_ecosystem import (
-    ONLINE,
-    gaps,
-    http_answer,
-    http_get,
-    is_online,
-    log_lines,
-    poll,
-    running_bridge,
-    send,
-)
-from tests.support.bridge_proc import BridgeProcess, deep_merge
+from bridge.sim.behaviours import Behaviour
+from bridge.sim.server import MockCloud
+from tests.support.bridge_proc import StartBridge, deep_merge, gaps, log_lines, running_bridge
 from tests.support.broker import Broker, free_port, wait_port
 from tests.support.brokers import AmqttBroker, RabbitMqBroker, Unavailable
+from tests.support.cli import bridge_cli
+from tests.support.commands import ONLINE, is_online, send
+from tests.support.configs import GUIDS, bridge_config
+from tests.support.http import http_answer, http_get
 from tests.support.probe import Probe
 from tests.support.tls import broker_extra
-
-StartBridge = Callable[..., BridgeProcess]
-
+from tests.support.waits import wait_until
 
 # --- 1. a reused request_id after the de-duplication window is a new capture ---------------------
 
@@ -122,7 +111,7 @@ def test_refused_subscription_is_an_error_503_and_never_online(
             assert status == 503, body
             assert any(f"refused the subscription to {command_filter}" in p for p in json.loads(body)["mqtt"])
             # Retried with backoff, and never claims to be online while deaf.
-            poll(lambda: len(log_lines(bridge, "refused the subscription")) >= 2, timeout=10, what="a retry")
+            wait_until(lambda: len(log_lines(bridge, "refused the subscription")) >= 2, timeout=10, what="a retry")
             assert not [m for m in probe.messages if m.payload == ONLINE]
             # The broker's ACL is fixed at run time: the next retry is granted, and only now online.
             subprocess.run(["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(broker.port), "-u", "admin",
@@ -130,7 +119,7 @@ def test_refused_subscription_is_an_error_503_and_never_online(
                             command_filter], check=True, capture_output=True, timeout=30)
             probe.wait_for(is_online(base_topic), timeout=15)
             bridge.wait_log(f"granted the subscription to {command_filter}", timeout=5)
-            poll(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=10, what="healthy")
+            wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=10, what="healthy")
             assert send(probe, base_topic, "truck-12", {})["status"] == "ok"
     finally:
         probe.close()
@@ -238,7 +227,7 @@ def test_an_http_port_is_named_within_the_connect_timeout(
         with running_bridge(tmp_path / "bridge", config) as bridge:
             bridge.wait_log("not an MQTT broker", timeout=10)
             took = time.monotonic() - started
-            poll(lambda: len(log_lines(bridge, "not an MQTT broker")) >= 2, timeout=10, what="a second attempt")
+            wait_until(lambda: len(log_lines(bridge, "not an MQTT broker")) >= 2, timeout=10, what="a second attempt")
             lines = log_lines(bridge, "not an MQTT broker")
         line = lines[0]
         # The delay printed is the one slept (the jitter is applied before it is printed).
@@ -323,9 +312,7 @@ def test_capture_cli_and_mqtt_agree_on_an_unknown_device(
     over_mqtt = send(probe, base_topic, "truck-1Z", command)
     config = tmp_path / "cli.yaml"
     config.write_text(json.dumps({"cloud": {"base_url": cloud.url, "token": "t-123456"}}))
-    result = subprocess.run([sys.executable, "-m", "bridge", "capture", "truck-1Z", "--config", str(config),
-                             "--payload", json.dumps(command)], capture_output=True, text=True, timeout=30,
-                            check=False)
+    result = bridge_cli("capture", "truck-1Z", "--config", str(config), "--payload", json.dumps(command))
     assert result.returncode == 1, result.stderr
     from_cli = json.loads(result.stdout)
     for state in (over_mqtt, from_cli):
@@ -346,8 +333,8 @@ def test_two_bridges_with_one_client_id_get_one_error_and_back_off(
     second = start_bridge(shared, wait_online=False)
     bridges = (first, second)
     needle = "took over the session"
-    poll(lambda: all(log_lines(b, needle) for b in bridges), timeout=20,
-         what=lambda: "both bridges name the take-over:\n" + "\n".join(b.log_text()[-1500:] for b in bridges))
+    wait_until(lambda: all(log_lines(b, needle) for b in bridges), timeout=20,
+               what=lambda: "both bridges name the take-over:\n" + "\n".join(b.log_text()[-1500:] for b in bridges))
     watch_from = time.monotonic()
     counts = [len(log_lines(b, "connected to")) for b in bridges]
     time.sleep(8)  # ok: observing a fixed window for how often they reconnect
@@ -366,12 +353,6 @@ def test_two_bridges_with_one_client_id_get_one_error_and_back_off(
 # --- 7. every user mistake is one line naming what to fix ----------------------------------------
 
 
-def _cli(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTURE_BRIDGE_")}
-    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=timeout,
-                          check=False, env=env, cwd=cwd)
-
-
 def _one_line(result: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
     assert result.returncode == code, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -383,7 +364,7 @@ def _one_line(result: subprocess.CompletedProcess[str], *needles: str, code: int
 
 
 def test_run_without_config_names_the_flag(tmp_path: Path) -> None:
-    _one_line(_cli("run", cwd=tmp_path), "--config")
+    _one_line(bridge_cli("run", cwd=tmp_path), "--config")
 
 
 @pytest.mark.parametrize("command", ["run", "check-config"])
@@ -391,7 +372,7 @@ def test_bad_journal_path_names_the_setting(tmp_path: Path, command: str, cloud:
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps({"cloud": {"base_url": cloud.url, "token": "t-123456"},
                                   "bridge": {"journal_path": "/proc/nope/journal.sqlite"}}))
-    _one_line(_cli(command, "--config", str(config)), "bridge.journal_path", "/proc/nope/journal.sqlite")
+    _one_line(bridge_cli(command, "--config", str(config)), "bridge.journal_path", "/proc/nope/journal.sqlite")
 
 
 def test_busy_metrics_port_names_the_setting(tmp_path: Path, cloud: MockCloud) -> None:
@@ -403,7 +384,7 @@ def test_busy_metrics_port_names_the_setting(tmp_path: Path, cloud: MockCloud) -
         config.write_text(json.dumps({"cloud": {"base_url": cloud.url, "token": "t-123456"},
                                       "metrics": {"port": port},
                                       "bridge": {"journal_path": str(tmp_path / "j.sqlite")}}))
-        _one_line(_cli("run", "--config", str(config)), "metrics.port", str(port), "already in use")
+        _one_line(bridge_cli("run", "--config", str(config)), "metrics.port", str(port), "already in use")
 
 
 def test_mock_cloud_on_a_busy_port_is_one_line() -> None:
@@ -411,7 +392,7 @@ def test_mock_cloud_on_a_busy_port_is_one_line() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        _one_line(_cli("mock-cloud", "--port", str(port)), "--port", str(port), "already in use", code=1)
+        _one_line(bridge_cli("mock-cloud", "--port", str(port)), "--port", str(port), "already in use", code=1)
 
 
 @pytest.mark.parametrize(("yaml_text", "needles"), [
@@ -428,7 +409,7 @@ def test_config_mistakes_are_refused_by_check_config_and_run_alike(
 ) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(yaml_text)
-    line = _one_line(_cli(command, "--config", str(config)), *needles)
+    line = _one_line(bridge_cli(command, "--config", str(config)), *needles)
     assert "123456" not in line
 
 

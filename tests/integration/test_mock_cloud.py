@@ -25,14 +25,9 @@ from typing import Any, BinaryIO
 import pytest
 import requests
 
-from bridge.sim.mockcloud import (
-    DEMO_DEVICES,
-    DEMO_PASSWORD,
-    DEMO_USER,
-    Behaviour,
-    Fault,
-    MockCloud,
-)
+from bridge.sim.behaviours import DEMO_DEVICES, DEMO_PASSWORD, DEMO_USER, Behaviour, Fault
+from bridge.sim.server import MockCloud
+from tests.support.cli import bridge_cli
 
 OK_GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 OTHER_GUID = "0c0ffee0-0000-4000-8000-00000000abcd"
@@ -661,7 +656,7 @@ def test_serve_runs_in_the_current_loop_until_cancelled() -> None:
 
 def test_run_mock_cloud_prints_one_line_and_stops_on_sigterm() -> None:
     code = (
-        "from bridge.sim.mockcloud import run_mock_cloud; run_mock_cloud('127.0.0.1', 0, 0.0, 'ok', 'cli-token', True)"
+        "from bridge.sim.server import run_mock_cloud; run_mock_cloud('127.0.0.1', 0, 0.0, 'ok', 'cli-token', True)"
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     with subprocess.Popen(
@@ -718,10 +713,7 @@ def test_cli_mock_cloud_on_a_busy_port_is_one_line() -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "bridge", "mock-cloud", "--port", str(port)],
-            capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=30, check=False,
-        )
+        result = bridge_cli("mock-cloud", "--port", str(port), cwd=PROJECT_ROOT)
 
     assert result.returncode == 1
     expected = f"capture-bridge: cannot listen on 127.0.0.1:{port} (--host/--port): Address already in use\n"

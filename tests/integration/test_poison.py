@@ -1,4 +1,4 @@
-"""Poison messages and faults thrown at the real bridge process through a real Mosquitto (issue 10).
+"""Poison messages and faults thrown at the real bridge process through a real Mosquitto.
 
 After each poison case a normal command still gets its state within seconds, and a restart
 starts cleanly. The disk-full case mounts a small tmpfs (skipped, with the reason, where
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,14 +22,14 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.sim.mockcloud import MockCloud
-from tests.integration.test_ecosystem import http_answer, http_get, metric_value
-from tests.integration.test_reliability import wait_until
-from tests.support.bridge_proc import BridgeProcess
+from bridge.sim.server import MockCloud
+from tests.support.bridge_proc import BridgeProcess, StartBridge
 from tests.support.broker import free_port
+from tests.support.cli import bridge_cli
+from tests.support.http import http_answer, http_get, metric_value
 from tests.support.probe import Probe, Received
+from tests.support.waits import wait_until
 
-StartBridge = Callable[..., BridgeProcess]
 MAX_TOPIC = 65535
 
 
@@ -292,9 +290,7 @@ def test_a_journal_that_cannot_be_opened_is_one_line_naming_the_setting(tmp_path
     blocker.write_text("")
     config = tmp_path / "bridge.yaml"
     config.write_text(f"cloud: {{token: t0k3n}}\nbridge: {{journal_path: {blocker / 'j.sqlite'}}}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTURE_BRIDGE_")}
-    done = subprocess.run([sys.executable, "-m", "bridge", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    done = bridge_cli("run", "--config", str(config))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import itertools
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from bridge.sim.mockcloud import Behaviour, Fault, MockCloud
-from tests.conftest import GUIDS
-from tests.support.bridge_proc import BridgeProcess
+from bridge.sim.behaviours import Behaviour, Fault
+from bridge.sim.server import MockCloud
+from tests.support.bridge_proc import StartBridge
 from tests.support.broker import Broker
+from tests.support.commands import finals_by_request
+from tests.support.configs import GUIDS
 from tests.support.probe import Probe, Received
-
-StartBridge = Callable[..., BridgeProcess]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll a condition with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        time.sleep(0.02)  # ok: polling with a deadline
+from tests.support.waits import wait_until
 
 
 def fresh_guids(n: int) -> list[str]:
     return [str(uuid.uuid4()) for _ in range(n)]
-
-
-def finals_by_request(probe: Probe, base: str) -> dict[str, list[dict[str, Any]]]:
-    """Final states seen live on the state topics, grouped by request_id."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for m in probe.messages:
-        if m.topic.startswith(base + "/") and m.topic.endswith("/capture/state") and m.payload:
-            state = m.json()
-            if state["status"] != "pending" and not m.retain:
-                out.setdefault(str(state["request_id"]), []).append(state)
-    return out
 
 
 def is_final(base: str) -> Callable[[Received], bool]:

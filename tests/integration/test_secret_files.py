@@ -8,7 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from bridge.cli import main
-from bridge.sim.mockcloud import DEMO_DEVICES, DEMO_PASSWORD, DEMO_USER, MockCloud
+from bridge.sim.behaviours import DEMO_DEVICES, DEMO_PASSWORD, DEMO_USER
+from bridge.sim.server import MockCloud
 
 
 def test_password_from_a_file_logs_in_to_a_real_server(tmp_path: Path) -> None:

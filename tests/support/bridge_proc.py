@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +101,31 @@ class BridgeProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"bridge exited {self.proc.returncode}:\n{self.log_text()[-3000:]}")
             time.sleep(0.05)  # ok: polling a log file with a deadline
+
+
+# What the `start_bridge` fixture (tests/conftest.py) hands a test: overrides -> a running bridge.
+StartBridge = Callable[..., BridgeProcess]
+
+
+@contextlib.contextmanager
+def running_bridge(workdir: Path, config: dict[str, Any], *args: str) -> Iterator[BridgeProcess]:
+    """A bridge process that is stopped (SIGTERM, then SIGKILL) whatever happens."""
+    proc = BridgeProcess(workdir, config).start(*args)
+    try:
+        yield proc
+    finally:
+        try:
+            proc.stop(timeout=15)
+        except Exception:
+            proc.kill()
+
+
+def log_lines(bridge: BridgeProcess, needle: str) -> list[str]:
+    """Lines of the bridge log containing `needle`."""
+    return [line for line in bridge.log_text().splitlines() if needle in line]
+
+
+def gaps(lines: list[str]) -> list[float]:
+    """Seconds between consecutive human-format log lines (`2026-11-29 20:44:01,372 ...`)."""
+    times = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in lines]
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
