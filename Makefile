@@ -26,8 +26,8 @@ integration: install
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration
 
 lint: install
-	$(BIN)/ruff check bridge tests bench
-	$(BIN)/mypy --strict bridge tests bench
+	$(BIN)/ruff check bridge tests bench checks
+	$(BIN)/mypy --strict bridge tests bench checks
 
 bench: install
 	$(BIN)/python -m bench.run --suite full
@@ -37,14 +37,14 @@ bench-quick: install
 
 # A real Home Assistant core (cached virtualenv, minutes on the first run) against the bridge.
 ha-check: install
-	$(BIN)/python -m tests.ha_check
+	$(BIN)/python -m checks.ha_check
 
 soak: install
 	$(BIN)/python -m bench.soak --seconds 420 --settle 240
 
 # Builds the image and runs docker/compose.yml for real (Docker, else Podman); minutes, not in `make test`.
 image-check: install
-	$(BIN)/python -m tests.image_check
+	$(BIN)/python -m checks.image_check
 
 # requirements.lock: the image's dependencies, pinned with hashes. Run after changing pyproject.toml.
 lock: install

@@ -14,8 +14,6 @@ Used by `make flood` (bench/flood.py, 100,000 commands) and, shorter, by the tes
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,7 +25,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.support.bridge_proc import BridgeProcess
-from tests.support.broker import free_port, wait_port
+from tests.support.broker import free_port
+from tests.support.cloud_proc import MockCloudProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,34 +136,6 @@ class Collector:
         self.client.loop_stop()
 
 
-class MockCloudProcess:
-    """`python -m bridge mock-cloud --any-device` in its own process (so it does not share our GIL)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self._log = (workdir / "mock-cloud.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "mock-cloud", "--port", str(self.port), "--any-device"],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        wait_port(self.port, timeout=30)
-
-    @property
-    def url(self) -> str:
-        """The OpenApi base URL."""
-        return f"http://127.0.0.1:{self.port}/OpenApi"
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-
 def flood_config(broker_port: int, cloud_url: str, workdir: Path, devices: int) -> dict[str, Any]:
     """Defaults everywhere except what makes the run private: topics, client id, journal, HA prefix."""
     tag = uuid.uuid4().hex[:8]
@@ -186,7 +157,7 @@ def run_flood(broker_port: int, workdir: Path, *, commands: int, onlines: int, d
     """Flood the bridge; see the module docstring for what is checked (the caller asserts)."""
     workdir.mkdir(parents=True, exist_ok=True)
     result = FloodResult(commands, onlines, devices)
-    cloud = MockCloudProcess(workdir)
+    cloud = MockCloudProcess(workdir, "--any-device")
     config = flood_config(broker_port, cloud.url, workdir, devices)
     config["bridge"].update(bridge or {})
     base, ha = config["mqtt"]["base_topic"], config["homeassistant"]

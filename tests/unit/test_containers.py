@@ -19,19 +19,13 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bridge.config import BridgeConfig, CloudConfig
-from tests.image_check import grace_seconds
+from tests.support.compose import compose_default, grace_seconds, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 BRIDGE_ENV = "CAPTURE_BRIDGE_MQTT__URL"  # every bridge service sets it; the broker and mock cloud do not
 DIGEST = re.compile(r"^[\w./-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$")
 KUBERNETES_VERSION = "1.30.0"
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert isinstance(data, dict)
-    return data
 
 
 def compose() -> dict[str, Any]:
@@ -44,12 +38,6 @@ def scale_out() -> dict[str, Any]:
 
 def bridges(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: svc for name, svc in data["services"].items() if BRIDGE_ENV in (svc.get("environment") or {})}
-
-
-def default(value: str) -> str:
-    """`${VAR:-default}` -> default (compose interpolation)."""
-    match = re.fullmatch(r"\$\{\w+:-(.+)\}", value)
-    return match.group(1) if match else value
 
 
 def env_seconds(env: dict[str, Any], name: str, fallback: float) -> float:
@@ -167,11 +155,11 @@ def test_cloud_password_comes_from_a_secret_file() -> None:
 
 def test_base_images_are_pinned_by_digest() -> None:
     services = compose()["services"]
-    assert DIGEST.match(default(services["mosquitto"]["image"]))
+    assert DIGEST.match(compose_default(services["mosquitto"]["image"]))
     pinned = dockerfile_arg("PYTHON_IMAGE")
     assert DIGEST.match(pinned)
     # compose passes the same default, so `docker compose build` and `docker build` agree.
-    assert default(services["bridge"]["build"]["args"]["PYTHON_IMAGE"]) == pinned
+    assert compose_default(services["bridge"]["build"]["args"]["PYTHON_IMAGE"]) == pinned
 
 
 # --- compose: scale-out ---------------------------------------------------------------------------
@@ -376,9 +364,8 @@ def test_kubernetes_probes_and_security_match_the_image() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_readme_ties_the_grace_period_to_the_timeouts() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    docker = readme[readme.index("## Docker"):]
+def test_deployment_docs_tie_the_grace_period_to_the_timeouts() -> None:
+    docker = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
     assert "stop_grace_period" in docker
     assert "terminationGracePeriodSeconds" in docker
     assert "shutdown_timeout" in docker

@@ -11,6 +11,9 @@ mmdebstrap from Debian bookworm (python3 3.11, Debian's mosquitto) and says so: 
 built `--build-arg PYTHON_IMAGE=<stand-in>` and the broker runs the stand-in, nothing else changes.
 """
 
+# A check runs real programs (the container engine and its compose) with arguments it builds itself.
+# ruff: noqa: S603
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +37,9 @@ from typing import Any
 import yaml
 
 from tests.support.broker import free_port, wait_port
+from tests.support.compose import compose_default, grace_seconds, load_yaml
 from tests.support.probe import Probe
+from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -46,6 +51,8 @@ BASE = "devices"
 LATENCY = 15.0
 STANDIN_PYTHON = "localhost/capture-bridge-standin/python:3.11-slim-bookworm"
 STANDIN_MOSQUITTO = "localhost/capture-bridge-standin/eclipse-mosquitto:2"
+# Polling a container from outside, with a deadline: four times a second.
+POLL = 0.25
 
 
 def pinned_python_image() -> str:
@@ -54,26 +61,6 @@ def pinned_python_image() -> str:
     if match is None:
         raise SystemExit("docker/Dockerfile has no `ARG PYTHON_IMAGE=...` line")
     return match.group(1)
-
-
-def compose_default(value: str) -> str:
-    """`${VAR:-default}` -> default."""
-    match = re.fullmatch(r"\$\{\w+:-(.+)\}", value)
-    return match.group(1) if match else value
-
-
-def compose_file() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
-    assert isinstance(data, dict)
-    return data
-
-
-def grace_seconds(value: str) -> float:
-    """A compose duration like `45s` or `1m30s` in seconds."""
-    total, units = 0.0, {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    for number, unit in re.findall(r"([\d.]+)(ms|h|m|s)", value):
-        total += float(number) * units[unit]
-    return total
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -297,15 +284,8 @@ class Stack:
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else None
 
-    def wait_until(self, what: str, condition: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-            time.sleep(0.25)  # ok: polling a container from outside, with a deadline
-
     def wait_bridge_ready(self, timeout: float = 90) -> None:
-        self.wait_until("bridge /healthz 200", lambda: self.healthz() == 200, timeout)
+        wait_until(lambda: self.healthz() == 200, timeout, "bridge /healthz 200", interval=POLL)
 
 
 def guid() -> str:
@@ -462,8 +442,8 @@ def check_stop_during_capture(report: Report, stack: Stack, grace: float) -> Non
         stack.wait_bridge_ready()
         before = stack.posts  # POSTs the mock cloud has answered so far
         command(probe, device, "stop-during")
-        stack.wait_until("the capture reached the cloud",
-                         lambda: (stack.metric("capture_bridge_in_flight") or 0) >= 1, 20)
+        wait_until(lambda: (stack.metric("capture_bridge_in_flight") or 0) >= 1, 20, "the capture reached the cloud",
+                   interval=POLL)
         started = time.monotonic()
         stack.compose("stop", "bridge", timeout=grace + 60)
         took = time.monotonic() - started
@@ -542,7 +522,7 @@ def check_scale_out_run(report: Report, stack: Stack) -> None:
         def connected(member: str = member) -> bool:
             return stack.exec_python(member, healthz).returncode == 0
 
-        stack.wait_until(f"{member} connected", connected, 90)
+        wait_until(connected, 90, f"{member} connected", interval=POLL)
     devices = [guid() for _ in range(6)]
     with probe_on(stack.broker_port) as probe:
         before = stack.posts
@@ -619,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report()
     engine = find_engine()
     print(f"image-check with {engine.version}", flush=True)
-    compose = compose_file()
+    compose = load_yaml(COMPOSE)
     python_ref = pinned_python_image()
     mosquitto_ref = compose_default(compose["services"]["mosquitto"]["image"])
     python_image = base_image(engine, python_ref, STANDIN_PYTHON, python_standin, args.rebuild_standins)

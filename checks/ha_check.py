@@ -7,8 +7,11 @@ Then it starts a private Mosquitto, the mock cloud, the bridge and Home Assistan
 HA through its REST API, adds the MQTT integration through the config-entries flow, and
 checks what a user would see. One PASS/FAIL line per check; exit status 1 on any FAIL.
 
-    python -m tests.ha_check [--keep DIR]
+    python -m checks.ha_check [--keep DIR]
 """
+
+# A check runs real programs (Home Assistant, pip, the mock cloud and a browser) with arguments it builds itself.
+# ruff: noqa: S603
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -33,8 +37,10 @@ import aiohttp
 from bridge import __version__
 from bridge.features import discovery
 from tests.support.bridge_proc import BridgeProcess
-from tests.support.broker import Broker, free_port, wait_port
+from tests.support.broker import Broker, free_port
+from tests.support.cloud_proc import MockCloudProcess
 from tests.support.probe import Probe
+from tests.support.waits import wait_until_async
 
 HA_VERSION = "2025.4.4"
 # The requirements of the MQTT integration and of the frontend (without which HA starts in recovery
@@ -87,25 +93,6 @@ def ensure_ha_venv() -> Path:
     subprocess.run([*pip, *HA_REQUIREMENTS], check=True)
     marker.write_text(" ".join(HA_REQUIREMENTS))
     return hass
-
-
-class MockCloudProcess:
-    """`capture-bridge mock-cloud` with a 1 s latency, so a running capture is visible."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self._log = (workdir / "mock-cloud.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "mock-cloud", "--port", str(self.port), "--latency", "1"],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        """Terminate."""
-        self.proc.terminate()
-        self.proc.wait(10)
-        self._log.close()
 
 
 class HomeAssistant:
@@ -266,13 +253,8 @@ class Socket:
                 await self._reader
 
 
-async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    """Wait for `check()` with a deadline."""
-    deadline = time.monotonic() + seconds
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not true after {seconds:.0f}s")
-        await asyncio.sleep(0.25)  # ok: polling HA's API with a deadline
+# Polling HA's API four times a second, with a deadline.
+until = functools.partial(wait_until_async, interval=0.25)
 
 
 # --- the checks ------------------------------------------------------------------------------------
@@ -415,11 +397,11 @@ async def run_checks(workdir: Path, screenshot: Path | None = None) -> int:
     report = Report()
     hass = ensure_ha_venv()
     broker = Broker(workdir / "broker").start()
-    cloud = MockCloudProcess(workdir)
+    cloud = MockCloudProcess(workdir, "--latency", "1")  # 1 s: a running capture is visible
     bridge_config: dict[str, Any] = {
         "mqtt": {"url": broker.url, "client_id": CLIENT_ID, "base_topic": "fleet", "reconnect_min": 0.2,
                  "reconnect_max": 1.0},
-        "cloud": {"base_url": f"http://127.0.0.1:{cloud.port}/OpenApi", "token": "ha-check"},
+        "cloud": {"base_url": cloud.url, "token": "ha-check"},
         "devices": DEVICES,
         "bridge": {"journal_path": str(workdir / "journal.sqlite"), "shutdown_timeout": 5},
         "homeassistant": {"enabled": True},
