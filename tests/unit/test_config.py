@@ -467,7 +467,7 @@ def test_shipped_configs_load(name: str) -> None:
     assert config.cloud.username is not None
 
 
-def test_example_config_sets_every_spec_key() -> None:
+def test_example_config_sets_every_documented_key() -> None:
     config = load_config(ROOT / "config" / "bridge.example.yaml", environ={})
     assert config.mqtt.base_topic == "devices"
     assert config.mqtt.protocol == "auto"

@@ -1,4 +1,4 @@
-"""Capture commands: decode_payload + parse_command against the SPEC's command table."""
+"""Capture commands: decode_payload + parse_command against the cloud API's documented command table."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "FInterval": 0,
 }
 
-# The request body's FT_GpActiveNewPhotograph object from SPEC.md, verbatim.
-SPEC_EXAMPLE = b'{"FCameraID": "0", "FType": 1, "FCount": 3, "FDuration": 0, "FResolution": 2, "FInterval": 2}'
+# The request body's FT_GpActiveNewPhotograph object as the cloud API documents it, verbatim.
+DOC_EXAMPLE = b'{"FCameraID": "0", "FType": 1, "FCount": 3, "FDuration": 0, "FResolution": 2, "FInterval": 2}'
 
 
 def params(**changes: Any) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def parse(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> CaptureCommand:
 
 VALID: list[tuple[str, bytes, dict[str, Any]]] = [
     ("empty-defaults", b"{}", DEFAULTS),
-    ("spec-example", SPEC_EXAMPLE, params(FCount=3, FInterval=2)),
+    ("documented-example", DOC_EXAMPLE, params(FCount=3, FInterval=2)),
     # camera
     ("camera-int-0", b'{"camera": 0}', params()),
     ("camera-int-1", b'{"camera": 1}', params(FCameraID="1")),
@@ -119,8 +119,8 @@ def test_valid_payloads(payload: bytes, expected: dict[str, Any]) -> None:
         assert type(got[key]) is int, key
 
 
-def test_spec_example_round_trips_unchanged() -> None:
-    assert parse(SPEC_EXAMPLE).api_params() == json.loads(SPEC_EXAMPLE)
+def test_documented_example_round_trips_unchanged() -> None:
+    assert parse(DOC_EXAMPLE).api_params() == json.loads(DOC_EXAMPLE)
 
 
 def test_request_id_is_kept() -> None:

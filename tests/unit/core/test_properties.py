@@ -68,7 +68,7 @@ objects = st.dictionaries(key_strategy, plausible | json_values, max_size=8)
 
 
 def check_params(command: CaptureCommand, limits: Limits = LIMITS) -> None:
-    """The API's own rules, from SPEC.md."""
+    """The API's own rules, as the cloud API documents them."""
     p = command.api_params()
     assert set(p) == set(FIELDS.values())
     assert p["FCameraID"] in ("0", "1")

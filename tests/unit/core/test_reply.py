@@ -1,4 +1,4 @@
-"""The pure half of bridge.cloud: request bodies and reply parsing, against SPEC.md."""
+"""The pure half of the cloud client: request bodies and reply parsing, against the cloud API's documented examples."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from bridge.core.reply import (
 )
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
-SPEC_RESPONSE = "(804250900200,1,001,CAMERA,9,4,0,700160818000_1769373855)"
-SPEC_PARAMS: dict[str, Any] = {
+DOC_RESPONSE = "(804250900200,1,001,CAMERA,9,4,0,700160818000_1769373855)"
+DOC_PARAMS: dict[str, Any] = {
     "FCameraID": "0",
     "FType": 1,
     "FCount": 3,
@@ -31,7 +31,7 @@ SPEC_PARAMS: dict[str, Any] = {
     "FResolution": 2,
     "FInterval": 2,
 }
-SPEC_OK_REPLY: dict[str, Any] = {
+DOC_OK_REPLY: dict[str, Any] = {
     "Result": 200,
     "Message": "ins send ok",
     "FObject": {
@@ -39,7 +39,7 @@ SPEC_OK_REPLY: dict[str, Any] = {
         "terminalNum": "804250900200",
         "dateTime": "2025-12-20T06:58:41.04655Z",
         "dateTimestamp": 1766213921046,
-        "response": SPEC_RESPONSE,
+        "response": DOC_RESPONSE,
     },
 }
 
@@ -74,13 +74,13 @@ def test_login_body_non_ascii() -> None:
 # --- instruction_body ----------------------------------------------------------------------
 
 
-def test_instruction_body_has_the_spec_shape() -> None:
-    data = json.loads(instruction_body("TOKEN-1", GUID, SPEC_PARAMS))
+def test_instruction_body_has_the_documented_shape() -> None:
+    data = json.loads(instruction_body("TOKEN-1", GUID, DOC_PARAMS))
     assert data == {
         "FTokenID": "TOKEN-1",
         "FAction": "ActiveNewPhotograph",
         "FAssetGUID": GUID,
-        "FT_GpActiveNewPhotograph": SPEC_PARAMS,
+        "FT_GpActiveNewPhotograph": DOC_PARAMS,
         "FTimeDifferent": 28800,
         "FLanguage": "1",
     }
@@ -96,7 +96,7 @@ def test_instruction_body_has_the_spec_shape() -> None:
 
 
 def test_instruction_body_time_difference_and_language() -> None:
-    data = json.loads(instruction_body("t", GUID, SPEC_PARAMS, time_difference=-3600, language="2"))
+    data = json.loads(instruction_body("t", GUID, DOC_PARAMS, time_difference=-3600, language="2"))
     assert data["FTimeDifferent"] == -3600
     assert data["FLanguage"] == "2"
     assert type(data["FT_GpActiveNewPhotograph"]["FCameraID"]) is str
@@ -183,12 +183,12 @@ def test_login_reply_malformed(raw: bytes) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (SPEC_RESPONSE, DeviceReply(0, "804250900200", "700160818000_1769373855")),
+        (DOC_RESPONSE, DeviceReply(0, "804250900200", "700160818000_1769373855")),
         (
             "( 804250900200 , 1 , 001 , CAMERA , 9 , 4 , 0 , 700160818000_1769373855 )",
             DeviceReply(0, "804250900200", "700160818000_1769373855"),
         ),
-        ("  " + SPEC_RESPONSE + "\n", DeviceReply(0, "804250900200", "700160818000_1769373855")),
+        ("  " + DOC_RESPONSE + "\n", DeviceReply(0, "804250900200", "700160818000_1769373855")),
         ("(804250900200,1,001,CAMERA,9,4,0,f1,extra,more)", DeviceReply(0, "804250900200", "f1")),
         ("(804250900200,1,001,CAMERA,9,4,1,)", DeviceReply(1, "804250900200", None)),
         ("(804250900200,1,001,CAMERA,9,4,1)", DeviceReply(1, "804250900200", None)),
@@ -198,7 +198,7 @@ def test_login_reply_malformed(raw: bytes) -> None:
         ("(,1,001,CAMERA,9,4,0,f3)", DeviceReply(0, None, "f3")),
     ],
     ids=[
-        "spec",
+        "documented",
         "spaces",
         "outer-whitespace",
         "extra-fields",
@@ -252,24 +252,24 @@ def test_device_response_not_understood(text: str) -> None:
 # --- parse_instruction_reply ---------------------------------------------------------------
 
 
-def test_instruction_reply_spec_sample() -> None:
-    reply = parse_instruction_reply(body(SPEC_OK_REPLY))
+def test_instruction_reply_documented_sample() -> None:
+    reply = parse_instruction_reply(body(DOC_OK_REPLY))
     assert reply == InstructionReply(
         message="ins send ok",
         terminal_num="804250900200",
-        reply=SPEC_RESPONSE,
+        reply=DOC_RESPONSE,
         device=DeviceReply(0, "804250900200", "700160818000_1769373855"),
     )
     assert reply.tries == 1
 
 
 def test_instruction_reply_result_as_text() -> None:
-    reply = parse_instruction_reply(body({**SPEC_OK_REPLY, "Result": "200"}))
+    reply = parse_instruction_reply(body({**DOC_OK_REPLY, "Result": "200"}))
     assert reply.device.file_id == "700160818000_1769373855"
 
 
 def test_instruction_reply_busy_device_is_still_a_reply() -> None:
-    data = {**SPEC_OK_REPLY, "FObject": {**SPEC_OK_REPLY["FObject"], "response": "(8042,1,001,CAMERA,9,4,1,)"}}
+    data = {**DOC_OK_REPLY, "FObject": {**DOC_OK_REPLY["FObject"], "response": "(8042,1,001,CAMERA,9,4,1,)"}}
     reply = parse_instruction_reply(body(data))
     assert reply.device.answer == 1
     assert reply.device.file_id is None
@@ -283,7 +283,7 @@ def test_instruction_reply_terminal_falls_back_to_response() -> None:
 
 
 def test_instruction_reply_missing_message_is_empty() -> None:
-    data = {"Result": 200, "FObject": {"response": SPEC_RESPONSE}}
+    data = {"Result": 200, "FObject": {"response": DOC_RESPONSE}}
     assert parse_instruction_reply(body(data)).message == ""
 
 

@@ -13,7 +13,7 @@ from bridge.core.errors import CloudError, ErrorCode, InvalidCommand, UnknownDev
 from bridge.core.reply import DeviceReply, InstructionReply
 from bridge.core.state import Context, encode, error_state, pending_state, reply_state, retained, utc_timestamp
 
-SPEC_KEYS = {
+STATE_KEYS = {
     "status",
     "code",
     "error",
@@ -44,7 +44,7 @@ def instruction(answer: int, file_id: str | None = "700160818000_1769373855") ->
     )
 
 
-def test_reply_state_ok_matches_the_spec_example() -> None:
+def test_reply_state_ok_matches_the_documented_example() -> None:
     state = reply_state(CTX, instruction(0), now=NOW)
     assert state == {
         "status": "ok",
@@ -100,7 +100,7 @@ def test_error_state(
     exc: InvalidCommand | UnknownDevice | CloudError, status: str, error: str, code: int | None
 ) -> None:
     state = error_state(CTX, exc, now=NOW)
-    assert set(state) == SPEC_KEYS
+    assert set(state) == STATE_KEYS
     assert state["status"] == status
     assert state["error"] == error
     assert state["code"] == code
@@ -122,14 +122,14 @@ def test_error_state_without_context_details() -> None:
 
 def test_pending_state() -> None:
     state = pending_state(CTX, now=NOW)
-    assert set(state) == SPEC_KEYS
+    assert set(state) == STATE_KEYS
     assert state["status"] == "pending"
     assert state["error"] is None
     assert state["code"] is None
     assert state["request"] == REQUEST
 
 
-def test_every_state_has_the_twelve_spec_keys() -> None:
+def test_every_state_has_the_twelve_documented_keys() -> None:
     states: list[dict[str, Any]] = [
         reply_state(CTX, instruction(0)),
         reply_state(CTX, instruction(1)),
@@ -138,7 +138,7 @@ def test_every_state_has_the_twelve_spec_keys() -> None:
         pending_state(CTX),
     ]
     for state in states:
-        assert set(state) == SPEC_KEYS
+        assert set(state) == STATE_KEYS
         assert len(state) == 12
         assert state["status"] in ("pending", "ok", "busy", "error")
 

@@ -603,7 +603,7 @@ def test_journal_flush_happens_by_itself() -> None:
         for _ in range(100):
             if not journal.unfinished():
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # ok: polling for the flush timer, with a bound of 100 rounds
         assert journal.unfinished() == []
 
     run(go())

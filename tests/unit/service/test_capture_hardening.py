@@ -18,7 +18,8 @@ import pytest
 from bridge.core.errors import CloudError, ErrorCode
 from bridge.core.redact import redact
 from bridge.infra.journal import Journal
-from bridge.service import capture as service_module
+from bridge.service import dedupe as dedupe_module
+from bridge.service import outbox as outbox_module
 from tests.support.aio import run, settle
 from tests.support.fakes import GUID, FakeCloud, FakePublisher, cmd, ok_reply, service
 
@@ -132,7 +133,7 @@ def test_while_the_journal_is_full_nothing_is_acked_run_or_published_then_it_rec
         assert [s["request_id"] for s in pub.finals()] == ["before"]  # its state waits for durability
 
         journal._db.execute("PRAGMA max_page_count = 100000")
-        await asyncio.sleep(service_module.JOURNAL_RETRY + 0.3)  # ok: the retry timer is what is tested
+        await asyncio.sleep(outbox_module.JOURNAL_RETRY + 0.3)  # ok: the retry timer is what is tested
         await settle()
         assert svc.journal_ok
         assert resumed == [True]
@@ -152,7 +153,7 @@ def test_while_the_journal_is_full_nothing_is_acked_run_or_published_then_it_rec
 
 
 def test_dedupe_never_forgets_a_running_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_module, "MAX_REMEMBERED", 10)
+    monkeypatch.setattr(dedupe_module, "MAX_REMEMBERED", 10)
 
     async def go() -> None:
         cloud, pub = FakeCloud(), FakePublisher()
@@ -170,7 +171,7 @@ def test_dedupe_never_forgets_a_running_command(monkeypatch: pytest.MonkeyPatch)
         await settle()
         assert [c.guid for c in cloud.calls].count(GUID) == 1
         assert len(pub.finals(GUID)) == 1
-        assert len(svc._recent) <= 10  # the cap still holds for finished ones
+        assert len(svc._dedupe._recent) <= 10  # the cap still holds for finished ones
 
     run(go())
 
