@@ -5,33 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bridge.config import Config
 from bridge.features.discovery import discovery_messages
 from bridge.features.homeassistant import HomeAssistant
-
-GUID = "a64b2e58-9305-4a01-9c51-092205123945"
-GUID2 = "0b7e1f52-1c1f-4c35-9a51-6a2a3c7b9d10"
-Sent = list[tuple[str, bytes, bool]]
-
-
-def config_of(devices: dict[str, Any] | None = None, **bridge: Any) -> Config:
-    return Config.model_validate(
-        {"cloud": {"token": "t"}, "devices": devices if devices is not None else {"truck-12": GUID},
-         "bridge": bridge}
-    )
-
-
-def recorder(sent: Sent) -> Any:
-    def send(topic: str, payload: bytes, *, qos: int | None = None, retain: bool = False,
-             on_acked: Any = None, bulk: bool = False) -> bool:
-        sent.append((topic, payload, retain))
-        return True
-
-    return send
-
-
-def on(sent: Sent, topic: str) -> list[Any]:
-    return [json.loads(p) if p else None for t, p, _ in sent if t == topic]
+from tests.support.fakes import GUID, GUID2
+from tests.support.features import Sent, config_of, recorder
 
 
 def make(devices: dict[str, Any] | None = None, **bridge: Any) -> tuple[HomeAssistant, Sent]:
