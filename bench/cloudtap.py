@@ -1,7 +1,7 @@
 """The mock cloud with a tap, for `bench.run --tap`: where does the time go between MQTT and the cloud?
 
 `python -m bench.cloudtap --port P --latency S --times FILE` serves exactly what
-`python -m bridge mock-cloud --any-device` serves (it *is* `bridge.sim.mockcloud.MockCloud`)
+`python -m bridge mock-cloud --any-device` serves (it *is* `bridge.sim.server.MockCloud`)
 and also appends the arrival time of every Instruction request, as
 `time.monotonic()`, and its FAssetGUID to FILE (one "time guid" per line,
 flushed every 50 ms). CLOCK_MONOTONIC
@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from bridge.sim.mockcloud import MockCloud
+from bridge.sim.server import MockCloud
 
 _GUID = re.compile(rb'"FAssetGUID"\s*:\s*"([^"]+)"')
 

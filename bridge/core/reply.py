@@ -91,7 +91,7 @@ def _decode_json_object(body: bytes) -> dict[str, Any]:
 def _result_of(data: dict[str, Any]) -> int:
     result = data.get("Result")
     if isinstance(result, str) and _INT_RE.fullmatch(result.strip()):
-        result = int(result)
+        result = int(result.strip())
     if not isinstance(result, int) or isinstance(result, bool):
         raise CloudError(ErrorCode.BAD_CLOUD_REPLY, "cloud reply has no Result code")
     return result

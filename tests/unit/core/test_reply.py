@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.core.errors import CloudError, ErrorCode
 from bridge.core.reply import (
@@ -379,3 +382,29 @@ def test_bad_response_keeps_the_result_code() -> None:
         parse_instruction_reply(body({"Result": 200, "FObject": {"response": "(1,2)"}}))
     assert info.value.code is ErrorCode.BAD_CLOUD_REPLY
     assert info.value.result == 200
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_result = _json | st.text(alphabet=st.characters(max_codepoint=0x3000), max_size=8).map(lambda s: "200" + s)
+_response = st.text(max_size=60) | st.lists(st.text(alphabet="0123456789 \x1f\t_", max_size=6), min_size=6,
+                                             max_size=9).map(lambda f: "(" + ",".join(f) + ")")
+
+
+@given(result=_result | st.sampled_from(["0\x1f", "200\x1f", " 200 ", "\u2028200"]),
+       fobject=_json | st.fixed_dictionaries({"response": _response}), message=_json)
+def test_no_reply_shape_raises_anything_but_a_cloud_error(result: Any, fobject: Any, message: Any) -> None:
+    body = json.dumps({"Result": result, "Message": message, "FObject": fobject}).encode()
+    with contextlib.suppress(CloudError):
+        parse_instruction_reply(body)
+    with contextlib.suppress(CloudError):
+        parse_login_reply(json.dumps({"Result": result, "FObject": fobject}).encode())
+
+
+def test_a_result_with_a_trailing_control_character_is_a_number() -> None:
+    with pytest.raises(CloudError) as raised:
+        parse_instruction_reply(json.dumps({"Result": "0\x1f", "Message": "m", "FObject": []}).encode())
+    assert raised.value.result == 0
