@@ -17,6 +17,7 @@ from bridge.core.settings import SettingsStore
 from bridge.features.base import Bus, Feature, register
 from bridge.features.homeassistant import HomeAssistant
 from bridge.features.info import BridgeInfo
+from bridge.features.results import ResultTopics
 from bridge.features.settings import DeviceSettings
 from bridge.features.startup import StartupGate
 from bridge.infra.cloud import CloudClient, LoginCheck
@@ -86,6 +87,8 @@ def features(config: Config, store: SettingsStore, adapter: MqttAdapter, service
     ]
     if config.homeassistant.enabled:
         found.append(HomeAssistant(config, adapter.publish))
+    if config.mqtt.result_topics:
+        found.append(ResultTopics(config, adapter.publish))
     return tuple(found)
 
 

@@ -99,6 +99,9 @@ class MqttConfig(_Section):
     # Where a command's MQTT 5 Response Topic may send its state (topic filters). Whatever the
     # list says, never a wildcard, a `$` topic, the base topic's tree or Home Assistant discovery.
     response_topics: list[str] = Field(default_factory=lambda: ["#"])
+    # Request/response without MQTT 5: each final state also, not retained, on
+    # <base>/<id>/capture/result/<request_id> (features/results.py).
+    result_topics: bool = False
 
     @field_validator("protocol", mode="before")
     @classmethod
