@@ -65,6 +65,11 @@ def settings_set_topic(base: str, device: str) -> str:
     return f"{base}/{device}/{SETTINGS_SET_SUFFIX}"
 
 
+def rejected_topic(base: str) -> str:
+    """Where a state goes whose device id is too long for its own state topic (not retained)."""
+    return f"{base}/bridge/rejected"
+
+
 def bridge_info_topic(base: str) -> str:
     """Version, captures in flight and backlog (retained)."""
     return f"{base}/bridge/info"

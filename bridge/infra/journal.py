@@ -1,13 +1,13 @@
 """A small SQLite (WAL) journal that makes accepted commands survive a crash.
 
-A command is written here before the broker gets its PUBACK, its final state is
-written here before it is published, and the row is deleted once the broker has
-acknowledged that state. Writes collect in memory and are applied in one
-transaction by `commit()`, which the caller runs once per event-loop pass, before
-it sends the PUBACKs and states that depend on them: one commit per burst instead
-of three per command (measured: the journal cost ~180 us of CPU per command with
-a commit per write). At start, rows without a state are executed again and rows
-with a state have it published again: at-least-once, never silence.
+A command is written here before the broker gets its PUBACK, marked `sent` before the
+first byte of its Instruction goes to the cloud, its final state is written here before
+it is published, and the row is deleted once the broker has acknowledged that state.
+Writes collect in memory and are applied in one transaction by `commit()`, which the
+caller runs once per event-loop pass, before it sends the PUBACKs, Instructions and
+states that depend on them: one commit per burst instead of one per write (a commit
+per write cost ~180 us of CPU per command). At start, rows with a state have it published again, rows
+marked `sent` are answered as an unknown outcome (never sent twice), and the rest run.
 
 A commit that fails (disk full, I/O error, the file locked by someone else) is
 rolled back and its writes are kept, so the next `commit()` applies them again:
@@ -42,9 +42,15 @@ CREATE TABLE IF NOT EXISTS commands (
     payload BLOB NOT NULL,
     response_topic TEXT,
     correlation BLOB,
-    state BLOB
+    state BLOB,
+    sent INTEGER NOT NULL DEFAULT 0
 )
 """
+# Journals written before the `sent` mark existed get the column (their rows: not sent).
+MIGRATION = "ALTER TABLE commands ADD COLUMN sent INTEGER NOT NULL DEFAULT 0"
+SELECT_ALL = "SELECT id, device, payload, response_topic, correlation, state, sent FROM commands ORDER BY id"
+INSERT_ALL = ("INSERT OR REPLACE INTO commands (id, device, payload, response_topic, correlation, state, sent)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
 class JournalError(Exception):
@@ -61,6 +67,7 @@ class JournalEntry:
     response_topic: str | None
     correlation: bytes | None
     state: bytes | None
+    sent: bool = False  # its Instruction may have reached the cloud
 
 
 def _reason(exc: BaseException) -> str:
@@ -78,6 +85,7 @@ class Journal:
         self._inserts: list[tuple[int, str, bytes, str | None, bytes | None]] = []
         self._updates: list[tuple[bytes, int]] = []
         self._deletes: list[tuple[int]] = []
+        self._sent: list[tuple[int]] = []
         self._identity: tuple[int, int] | None = None
         self._db = self._open()
         row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM commands").fetchone()
@@ -93,6 +101,9 @@ class Journal:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(commands)")}
+                if "sent" not in columns:
+                    db.execute(MIGRATION)
             except BaseException:
                 db.close()
                 raise
@@ -118,7 +129,7 @@ class Journal:
     @property
     def dirty(self) -> bool:
         """Writes wait for a commit."""
-        return bool(self._inserts or self._updates or self._deletes)
+        return bool(self._inserts or self._updates or self._deletes or self._sent)
 
     def add(self, device: str, payload: bytes, response_topic: str | None, correlation: bytes | None) -> int:
         """Record an accepted command (durable at the next commit); returns its id."""
@@ -126,6 +137,10 @@ class Journal:
         self._next_id += 1
         self._inserts.append((entry_id, device, payload, response_topic, correlation))
         return entry_id
+
+    def sending(self, entry_id: int) -> None:
+        """Record that the command's Instruction is about to be sent (commit before sending it)."""
+        self._sent.append((entry_id,))
 
     def answered(self, entry_id: int, state: bytes) -> None:
         """Record the final state (commit before publishing it)."""
@@ -161,7 +176,7 @@ class Journal:
         self._db = self._open()
         try:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO commands VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(INSERT_ALL, rows)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -169,6 +184,7 @@ class Journal:
             # The orphan is closed: these rows now live only in the retried writes.
             self._inserts[:0] = [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
             self._updates[:0] = [(r[5], r[0]) for r in rows if r[5] is not None]
+            self._sent[:0] = [(r[0],) for r in rows if r[6]]
             raise JournalError(f"cannot write the re-created journal: {_reason(exc)}") from None
         log.error("journal file %s was %s; re-created it with the %d unfinished command(s) of this process",
                   self._path, what, len(rows))
@@ -189,6 +205,8 @@ class Journal:
                 )
             if self._updates:
                 db.executemany("UPDATE commands SET state = ? WHERE id = ?", self._updates)
+            if self._sent:
+                db.executemany("UPDATE commands SET sent = 1 WHERE id = ?", self._sent)
             if self._deletes:
                 db.executemany("DELETE FROM commands WHERE id = ?", self._deletes)
             db.execute("COMMIT")
@@ -196,7 +214,7 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise JournalError(_reason(exc)) from None
-        self._inserts, self._updates, self._deletes = [], [], []
+        self._inserts, self._updates, self._deletes, self._sent = [], [], [], []
 
     def unfinished(self) -> list[JournalEntry]:
         """Every command still open, oldest first."""
@@ -204,13 +222,11 @@ class Journal:
             rows = self._rows()
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read {self._path}: {_reason(exc)}") from None
-        return [JournalEntry(*row) for row in rows]
+        return [JournalEntry(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6])) for row in rows]
 
     def _rows(self) -> list[tuple[Any, ...]]:
         """Every row, oldest first (raises sqlite3.Error: callers say what they were doing)."""
-        return self._db.execute(
-            "SELECT id, device, payload, response_topic, correlation, state FROM commands ORDER BY id"
-        ).fetchall()
+        return self._db.execute(SELECT_ALL).fetchall()
 
     def close(self) -> None:
         """Commit what can be committed and close the database."""

@@ -35,6 +35,18 @@ def escape_control(text: str) -> str:
 
 
 
+# A device id or request_id longer than this is shortened in log lines (a topic level may be 65 KB).
+MAX_EXTRA = 96
+
+
+def short(value: object, limit: int = MAX_EXTRA) -> str:
+    """`value` as text, cut to `limit` characters with its full length said."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text.encode('utf-8', 'surrogatepass'))} bytes)"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with device and request_id when the record carries them."""
 
@@ -49,7 +61,7 @@ class JsonFormatter(logging.Formatter):
         for key in ("device", "request_id", "error"):
             value = getattr(record, key, None)
             if value is not None:
-                entry[key] = value
+                entry[key] = short(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -71,7 +83,7 @@ class HumanFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         extras = [
-            f"{k}={escape_control(str(getattr(record, k)))}"
+            f"{k}={escape_control(short(getattr(record, k)))}"
             for k in ("device", "request_id")
             if getattr(record, k, None)
         ]

@@ -38,9 +38,12 @@ from bridge.mqtt.subscriptions import Subscriptions
 
 log = logging.getLogger("bridge.mqtt")
 
-# What an MQTT 5 broker may deliver to us beyond the largest command payload: the fixed header,
-# the topic and the properties (a Response Topic, Correlation Data).
+# What an MQTT 5 broker may deliver to us beyond a payload: the fixed header, the topic and the
+# properties (a Response Topic, Correlation Data).
 PACKET_OVERHEAD = 16_384
+# The smallest Maximum Packet Size we announce: every command up to 1 MiB reaches us to be answered
+# invalid_payload, and so do our own retained messages (settings, discovery) when read back.
+MIN_PACKET_PAYLOAD = 4 * 1024 * 1024
 
 ONLINE = json.dumps({"state": "online"}, separators=(",", ":")).encode()
 OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
@@ -76,7 +79,7 @@ class MqttAdapter:
         self._intake = True
         self.listening = False  # the command subscription is granted on this connection
         self.client = self._make_client()
-        max_packet = max_payload_bytes + PACKET_OVERHEAD if max_payload_bytes is not None else None
+        max_packet = None if max_payload_bytes is None else max(max_payload_bytes, MIN_PACKET_PAYLOAD) + PACKET_OVERHEAD
         self.session = Session(self.client, config, max_packet)
         self.outbound = PublishQueue(self.client, config.qos)
         self._states = StateOut(self.outbound, self._base, config.response_topics, (self._base, *owned_prefixes),

@@ -14,10 +14,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.core import topics
-from bridge.mqtt.diagnostics import response_topic_refusal, shown
+from bridge.mqtt.diagnostics import response_topic_refusal, shown, unpublishable
 from bridge.mqtt.outbound import PublishQueue
 
 log = logging.getLogger("bridge.mqtt")
+
+MAX_TOPIC_CHARS = 16_383  # below this many characters a topic is under 65,535 bytes whatever they are
 
 
 class StateOut:
@@ -47,6 +49,9 @@ class StateOut:
         and `on_acked` runs at once: no broker will ever acknowledge it.
         """
         state_topic = topics.state_topic(self._base, device)
+        if len(state_topic) > MAX_TOPIC_CHARS and unpublishable(state_topic) is not None:
+            # An id that fits a command topic but not its state topic: answered on the bridge's own.
+            state_topic, retain = topics.rejected_topic(self._base), False
         sent = self._queue.publish(state_topic, payload, retain=retain, on_acked=on_acked)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("state published on %s (%d bytes, %s): %s", state_topic, len(payload),

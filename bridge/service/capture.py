@@ -30,6 +30,7 @@ from bridge.core.command import CaptureCommand, Limits
 from bridge.core.errors import BridgeError, CloudError, ErrorCode, InvalidCommand
 from bridge.core.intake import Rules, take
 from bridge.core.messages import Command
+from bridge.core.reply import OUTCOME_UNKNOWN
 from bridge.infra.journal import Journal, JournalEntry
 from bridge.service.dedupe import RUNNING, Dedupe, DedupeKey
 from bridge.service.outbox import Outbox
@@ -37,6 +38,10 @@ from bridge.service.ports import CaptureCloud, NoObserver, Observer, StatePublis
 from bridge.service.scheduler import Scheduler
 
 log = logging.getLogger("bridge.service")
+
+# The answer to a capture that was being sent when the bridge stopped (a crash, kill -9): it ends
+# like a read timeout after sending, so flows need one rule for "unknown outcome".
+INTERRUPTED = f"cloud unreachable: the bridge stopped while the cloud had the capture; {OUTCOME_UNKNOWN}"
 
 
 @dataclass(slots=True)
@@ -245,8 +250,19 @@ class CaptureService:
                 raise TypeError("state is not bytes")
             job = _Job(command, states.Context(device), entry.id, self._clock(), (), device)
             self._publish(job, state, final=True)
+        elif entry.sent:
+            self._interrupted(command, entry.id)
         else:
             self._submit(command, entry.id)
+
+    def _interrupted(self, command: Command, journal_id: int) -> None:
+        """Its Instruction may have reached the cloud before the bridge stopped: answered, never sent again."""
+        taken = take(command.device, command.payload, self._rules)
+        keys = self._dedupe.keys(taken.key, command, taken.ctx.request_id) if taken.error is None else ()
+        job = _Job(command, taken.ctx, journal_id, self._clock(), keys, taken.key, taken.capture)
+        self._dedupe.started(keys, job)  # a resend of its request_id gets this answer too
+        self._finish(job, states.error_state(taken.ctx, CloudError(ErrorCode.CLOUD_UNREACHABLE, INTERRUPTED,
+                                                                   sent=True)))
 
     # --- running ---------------------------------------------------------------
 
@@ -257,12 +273,13 @@ class CaptureService:
         extra = {"device": job.command.device, "request_id": job.ctx.request_id}
         log.debug("cloud call: ActiveNewPhotograph %s %s", job.ctx.asset_guid, job.ctx.request, extra=extra)
         try:
+            await self._outbox.sending(job.journal_id)  # durable before the first byte leaves
             reply = await self._cloud.capture(job.ctx.asset_guid, job.capture.api_params())
             state = states.reply_state(job.ctx, reply)
         except BridgeError as exc:
             state = states.error_state(job.ctx, exc)
         except asyncio.CancelledError:
-            # Shutdown deadline: no state now; the journal runs it again at the next start.
+            # Shutdown deadline: no state now; the next start answers it (sent: unknown outcome) or runs it.
             self._scheduler.release(job.key)
             raise
         except Exception as exc:  # a bug must still end in a state, never silence

@@ -1,6 +1,8 @@
-"""The journal rule, in one place: no acknowledgement before the journal commit, no state before its row.
+"""The journal rule, in one place: no acknowledgement before the journal commit, no Instruction
+before its `sent` mark, no state before its row.
 
-Every command is journaled when it is accepted; its final state is written to its row and
+Every command is journaled when it is accepted; it is marked `sent` (committed) before its
+Instruction's first byte goes to the cloud; its final state is written to its row and
 published only after the commit (a crash can then only repeat a publish, never lose a state);
 the row is removed once the broker has the state. The MQTT adapter asks `flush` before it
 acknowledges commands. While the journal cannot be written (disk full, file gone) `flush` says
@@ -42,6 +44,7 @@ class Outbox:
         self._publish = publish  # (job, final state) once committed
         self._recovered = recovered  # the parked commands, once the journal is writable again
         self._to_publish: list[tuple[object, bytes]] = []
+        self._marks: list[asyncio.Future[None]] = []  # `sending` calls waiting for their commit
         self._flush_scheduled = False
         self._retry: asyncio.TimerHandle | None = None
         self.ok = True
@@ -65,6 +68,20 @@ class Outbox:
         if journal_id is not None and self._journal is not None:
             self._journal.done([journal_id])
             self._schedule_flush()
+
+    async def sending(self, journal_id: int | None) -> None:
+        """Mark the command as being sent; return once the mark is committed (at once without a journal).
+
+        Marks of one loop pass share one commit. While the journal cannot be written this waits:
+        an Instruction is never sent without a durable mark.
+        """
+        if journal_id is None or self._journal is None:
+            return
+        self._journal.sending(journal_id)
+        mark: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._marks.append(mark)
+        self._schedule_flush()
+        await mark
 
     def answered(self, journal_id: int | None, job: object, state: bytes) -> bool:
         """Write the final state to its row; it is published after the commit. False: publish now."""
@@ -103,6 +120,11 @@ class Outbox:
                 return False
             if not self.ok:
                 self._recover()
+        if self._marks:
+            marks, self._marks = self._marks, []
+            for mark in marks:
+                if not mark.done():  # a cancelled capture's mark
+                    mark.set_result(None)
         if self._to_publish:
             ready, self._to_publish = self._to_publish, []
             for job, payload in ready:

@@ -102,8 +102,11 @@ def test_wildcard_response_topics_and_overlong_state_topics_do_not_stop_intake_o
     # No state topic can carry it; the Response Topic can, so the answer goes there.
     [answer] = probe.wait_for(final_on(reply_to), timeout=10)
     assert answer.json()["error"] == "unknown_device"
+    # Without one, the bridge's own topic answers it (not retained).
+    probe.subscribe(f"{base_topic}/bridge/rejected")
     publish_raw(probe, f"{base_topic}/{long_id}/capture/set", b'{"request_id": "long-2"}')
-    bridge.wait_log("state dropped: no topic it can be published on")
+    [rejected] = probe.wait_for(lambda m: m.topic == f"{base_topic}/bridge/rejected", timeout=10)
+    assert (rejected.json()["request_id"], rejected.retain) == ("long-2", False)
 
     still_serves(probe, base_topic, cloud)
     assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
@@ -308,10 +311,13 @@ def test_oversized_payloads_are_refused_small_and_never_delivered_huge(
     publish_raw(probe, f"{base_topic}/{guid}/capture/set", b'{"request_id": "big"' + b" " * 5000 + b"}")
     [msg] = probe.wait_for(final_on(state_topic))
     assert msg.json()["error"] == "invalid_payload"
-    for _ in range(5):  # past the Maximum Packet Size the bridge told the broker: never delivered
-        publish_raw(probe, f"{base_topic}/{guid}/capture/set", b"{" + b" " * 2_000_000 + b"}")
+    # Over the limit but under the Maximum Packet Size the bridge tells the broker: answered.
+    publish_raw(probe, f"{base_topic}/{guid}/capture/set", b'{"request_id": "2mb"' + b" " * 2_000_000 + b"}")
+    assert probe.wait_for(final_on(state_topic), count=2)[-1].json()["error"] == "invalid_payload"
+    for _ in range(5):  # past the Maximum Packet Size: never delivered
+        publish_raw(probe, f"{base_topic}/{guid}/capture/set", b"{" + b" " * 5_000_000 + b"}")
     still_serves(probe, base_topic, cloud)
-    assert len(probe.wait_for(final_on(state_topic))) == 1
+    assert len(probe.wait_for(final_on(state_topic), count=2)) == 2
     journal = Path(bridge.config["bridge"]["journal_path"])
     held = sum(Path(f"{journal}{s}").stat().st_size for s in ("", "-wal") if Path(f"{journal}{s}").exists())
     assert held < 1_000_000

@@ -40,7 +40,7 @@ def assert_still_serves(probe: Probe, base: str, cloud: MockCloud) -> None:
     assert probe.final_states(f"{base}/{guid}/capture/state")[0]["status"] == "ok"
 
 
-def test_sigkill_mid_load_loses_nothing(
+def test_sigkill_mid_load_loses_nothing_and_sends_nothing_twice(
     start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud
 ) -> None:
     cloud.default_behaviour = "ok"
@@ -60,7 +60,11 @@ def test_sigkill_mid_load_loses_nothing(
     finals = finals_by_request(probe, base_topic)
     assert sorted(finals) == sorted(f"k-{i}" for i in range(50))
     assert all(len(v) == 1 for v in finals.values()), "exactly one final state per command"
-    assert all(v[0]["status"] == "ok" for v in finals.values())
+    # All 50 were at the cloud when the bridge died: each is answered as an unknown outcome and
+    # none is sent again (a second photo nobody asked for).
+    assert all(v[0]["error"] == "cloud_unreachable" and v[0]["code"] is None for v in finals.values())
+    assert all(v[0]["message"].endswith("the cloud may have received it") for v in finals.values())
+    assert all(len(cloud.instructions_for(g)) == 1 for g in guids)
 
 
 def test_commands_sent_while_bridge_down_are_executed(

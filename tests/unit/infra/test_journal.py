@@ -62,3 +62,44 @@ def test_a_replaced_journal_file_is_moved_aside(tmp_path: Path, caplog: pytest.L
     assert [p.name for p in tmp_path.iterdir() if ".replaced-" in p.name]
     journal.close()
     assert len(Journal(path).unfinished()) == 1
+
+
+def test_the_sent_mark_is_durable_and_survives_a_reopen(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    first = journal.add("d", b"{}", None, None)
+    second = journal.add("d", b"{}", None, None)
+    journal.sending(first)
+    assert [e.sent for e in journal.unfinished()] == []  # nothing before the commit
+    journal.commit()
+    journal.close()
+    again = Journal(tmp_path / "j.sqlite")
+    assert [(e.id, e.sent) for e in again.unfinished()] == [(first, True), (second, False)]
+
+
+def test_a_journal_of_an_older_bridge_gets_the_sent_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE commands (id INTEGER PRIMARY KEY, device TEXT NOT NULL, payload BLOB NOT NULL,"
+               " response_topic TEXT, correlation BLOB, state BLOB)")
+    db.execute("INSERT INTO commands VALUES (7, 'truck-12', '{}', NULL, NULL, NULL)")
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    [entry] = journal.unfinished()
+    assert (entry.id, entry.sent) == (7, False)  # never marked: it was not being sent
+    journal.sending(7)
+    journal.commit()
+    assert journal.unfinished()[0].sent
+
+
+def test_a_re_created_file_keeps_the_sent_marks(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    entry = journal.add("d", b"{}", None, None)
+    journal.sending(entry)
+    journal.commit()
+    os.remove(path)
+    journal.commit()  # notices the deleted file and writes what it holds to a fresh one
+    assert [(e.id, e.sent) for e in Journal(path).unfinished()] == [(entry, True)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -818,3 +819,55 @@ def test_missing_fields_come_from_the_devices_settings_and_the_request_shows_the
         assert pub.states("truck-12")[-1]["error"] == "invalid_payload"
 
     run(scenario())
+
+
+def test_an_instruction_leaves_only_after_its_sent_mark_is_committed() -> None:
+    async def go() -> None:
+        journal = Journal(":memory:")
+        marks: list[bool] = []
+
+        class Watching(FakeCloud):
+            async def capture(self, guid: str, params: dict[str, Any]) -> InstructionReply:
+                marks.extend(e.sent for e in journal.unfinished())  # what a crash now would leave
+                return await super().capture(guid, params)
+
+        cloud, pub = Watching(auto=True), FakePublisher()
+        svc = service(cloud, pub, journal=journal)
+        svc.submit(cmd("truck-12"))
+        svc.submit(cmd("van-3"))
+        await settle()
+        assert marks == [True, True, True, True]  # both rows durable and marked, at both calls
+        assert len(pub.finals()) == 2
+
+    run(go())
+
+
+def test_a_capture_interrupted_after_its_mark_is_answered_and_never_sent_again() -> None:
+    async def go() -> None:
+        journal = Journal(":memory:")
+        interrupted = journal.add("truck-12", b'{"request_id": "was-sending", "count": 2}', "rt", b"c")
+        behind = journal.add("truck-12", b'{"request_id": "behind"}', None, None)
+        journal.sending(interrupted)
+        journal.commit()
+        cloud, pub = FakeCloud(auto=True), FakePublisher()
+        svc = service(cloud, pub, journal=journal)
+        svc.replay(journal.unfinished())
+        await settle()
+        assert [c.params["FCount"] for c in cloud.calls] == [1]  # only the one never sent runs
+        first, second = pub.finals()
+        assert first["request_id"] == "was-sending"
+        assert (first["status"], first["error"], first["code"]) == ("error", "cloud_unreachable", None)
+        assert first["message"].endswith("the cloud may have received it")
+        assert "stopped" in first["message"]
+        assert first["request"]["FCount"] == 2
+        assert pub.published[0].response_topic == "rt"
+        assert second["request_id"] == "behind"
+        assert second["status"] == "ok"
+        # A resend of the interrupted request_id gets its answer, not a second capture.
+        svc.submit(cmd("truck-12", {"request_id": "was-sending", "count": 2}))
+        await settle()
+        assert len(cloud.calls) == 1
+        assert pub.finals()[-1]["request_id"] == "was-sending"
+        assert {e.id for e in journal.unfinished()} == {interrupted, behind}  # until the broker has the states
+
+    run(go())
