@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from bridge.core.command import Limits
-from bridge.core.devices import GUID_RE
+from bridge.core.devices import GUID_RE, collision
 from bridge.core.errors import ConfigError, InvalidCommand
 from bridge.core.settings import parse_settings
 
@@ -360,6 +360,15 @@ class Config(_Section):
     def limits(self) -> Limits:
         """The command limits from `bridge.max_*`."""
         return Limits(self.bridge.max_count, self.bridge.max_duration, self.bridge.max_interval)
+
+    @model_validator(mode="after")
+    def _ids_do_not_collide(self) -> Config:
+        for device in self.devices:
+            why = collision(device, self.mqtt.client_id)
+            if why is not None:
+                # ConfigError passes pydantic untouched: the line names the key, not just `devices`.
+                raise ConfigError(f"devices.{device}: {why}; choose another id")
+        return self
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 
@@ -9,6 +10,10 @@ from bridge.core.errors import UnknownDevice
 
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_DEVICE_ID = 128
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# Ids the bridge's own topics and probes use: a configured device must not take them.
+RESERVED_IDS = frozenset({"bridge"})
+RESERVED_PREFIX = "$"  # the shared-subscription probe devices are `$capture-bridge-probe-<nonce>`
 
 
 def resolve_device(device: str, devices: Mapping[str, str], guid_topic_ids: bool = True) -> str:
@@ -32,3 +37,33 @@ def accepted(device: str, devices: Mapping[str, str], guid_topic_ids: bool = Tru
     except UnknownDevice:
         return False
     return True
+
+
+def safe_id(device: str) -> str:
+    """A device id reduced to [A-Za-z0-9_-], stable and distinct for distinct ids.
+
+    Ids that are already safe stay as they are. Others get their unsafe runs
+    replaced by `_` plus a short hash of the original, so `truck.12` and
+    `truck 12` do not collide with each other or with `truck_12`.
+    """
+    if not _UNSAFE.search(device):
+        return device
+    digest = hashlib.sha256(device.encode("utf-8")).hexdigest()[:8]
+    stem = _UNSAFE.sub("_", device).strip("_")
+    return f"{stem}_{digest}" if stem else digest
+
+
+def bridge_id(client_id: str) -> str:
+    """The bridge's own identifier (Home Assistant device), from the MQTT client_id."""
+    return f"bridge_{safe_id(client_id)}"
+
+
+def collision(device: str, client_id: str) -> str | None:
+    """Why a configured device id would collide with the bridge's own topics or identifiers, or None."""
+    if device in RESERVED_IDS:
+        return f"{device!r} is the bridge's own topic level (<base>/{device}/...)"
+    if device.startswith(RESERVED_PREFIX):
+        return "ids starting with '$' are reserved for the bridge's probes"
+    if safe_id(device) == bridge_id(client_id):
+        return f"it is the identifier of the bridge's own Home Assistant device (client_id {client_id!r})"
+    return None

@@ -45,12 +45,17 @@ class Bus:
         self._on_ready: list[Hook] = []
         self._on_state: list[Callable[[str, bytes], None]] = []
         self._commit: Callable[[], bool] | None = None
+        self._hold: Callable[[Hook], None] | None = None
 
     # --- registration ---------------------------------------------------------------
 
     def take_commands(self, handler: Callable[[Command], None]) -> None:
         """The one receiver of commands (the start-up gate, which hands them to the service)."""
         self._on_command = handler
+
+    def hold_with(self, hold: Callable[[Hook], None]) -> None:
+        """Who keeps ordered work in its place among held commands (the start-up gate)."""
+        self._hold = hold
 
     def commit_with(self, commit: Callable[[], bool]) -> None:
         """What makes received commands durable before they are acknowledged (the service's journal)."""
@@ -82,6 +87,13 @@ class Bus:
         """A live command from MQTT."""
         if self._on_command is not None:
             self._on_command(command)
+
+    def in_order(self, work: Hook) -> None:
+        """Run `work` now, or after the commands held before it (a settings change at start-up)."""
+        if self._hold is not None:
+            self._hold(work)
+        else:
+            work()
 
     def commit(self) -> bool:
         """Before acknowledging: True when everything received so far is durable."""

@@ -27,7 +27,6 @@ again with its first state).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any
 from bridge import __version__
 from bridge.config import Config, DeviceEntry
 from bridge.core import settings, topics
+from bridge.core.devices import bridge_id, safe_id
 
 NODE_ID = "capture_bridge"
 ORIGIN_NAME = "capture-bridge"
@@ -51,7 +51,6 @@ STATUS_OPTIONS = ["pending", "ok", "busy", "error"]
 EVENT_TYPES = ["ok", "busy", "error"]
 
 # HA accepts only these characters in the node_id and object_id levels of a discovery topic.
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _NOT_SLUG = re.compile(r"[^a-z0-9_]+")
 
 # Keep the entity's current value when a state says nothing new (a pending state, an error
@@ -125,28 +124,9 @@ BRIDGE_BACKLOG = Entity("sensor", "backlog", "Capture backlog", "mdi:tray-full",
 BRIDGE_ENTITIES = (BRIDGE_CONNECTION, BRIDGE_VERSION, BRIDGE_IN_FLIGHT, BRIDGE_BACKLOG)
 
 
-def safe_id(device: str) -> str:
-    """A device id reduced to [A-Za-z0-9_-], stable and distinct for distinct ids.
-
-    Ids that are already safe stay as they are. Others get their unsafe runs
-    replaced by `_` plus a short hash of the original, so `truck.12` and
-    `truck 12` do not collide with each other or with `truck_12`.
-    """
-    if not _UNSAFE.search(device):
-        return device
-    digest = hashlib.sha256(device.encode("utf-8")).hexdigest()[:8]
-    stem = _UNSAFE.sub("_", device).strip("_")
-    return f"{stem}_{digest}" if stem else digest
-
-
 def _slug(text: str) -> str:
     # entity ids are lower-case [a-z0-9_] without leading, trailing or doubled underscores.
     return re.sub("_+", "_", _NOT_SLUG.sub("_", text.lower())).strip("_")
-
-
-def bridge_id(client_id: str) -> str:
-    """The bridge device's identifier part, from the MQTT client_id."""
-    return f"bridge_{safe_id(client_id)}"
 
 
 def object_id(device: str, entity: Entity) -> str:

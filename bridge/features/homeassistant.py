@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.config import Config
+from bridge.core.devices import safe_id
 from bridge.core.messages import Route
 from bridge.features import discovery
 from bridge.features.base import Bus, Feature
@@ -177,7 +178,7 @@ class HomeAssistant(Feature):
         if not isinstance(serial, str) or " (" not in serial or not isinstance(identifiers, list):
             return
         for device in self._config.devices:
-            if identifiers == [f"{discovery.NODE_ID}_{discovery.safe_id(device)}"]:
+            if identifiers == [f"{discovery.NODE_ID}_{safe_id(device)}"]:
                 self._set_terminal(device, serial.split(" (", 1)[0])
                 return
 

@@ -29,16 +29,19 @@ class DeviceSettings(Feature):
         self._base = config.mqtt.base_topic
         self._guids = config.guids()
         self.synced = False
+        self._bus: Bus | None = None
 
     def routes(self) -> list[Route]:
         return [
             Route(topics.bridge_settings_topic(self._base), lambda topic, payload, retained:
                   self.on_settings_snapshot(payload)),
-            # Keeps its place among held commands: a held capture must not run with settings sent after it.
-            Route(topics.settings_set_filter(self._base), self.on_settings_set, ordered=True),
+            # Keeps its place among held commands: a held capture must not run with settings sent after
+            # it, and at start-up a change is applied on top of the remembered settings, not before them.
+            Route(topics.settings_set_filter(self._base), self._settings_set_in_order, ordered=True),
         ]
 
     def attach(self, bus: Bus) -> None:
+        self._bus = bus
         bus.on_ready(self.on_synced)
         bus.on_connected(self.on_reconnected)
 
@@ -50,6 +53,12 @@ class DeviceSettings(Feature):
 
     def _publish_settings(self, device: str) -> None:
         self._publish(topics.settings_topic(self._base, device), encode(self.store.current(device)))
+
+    def _settings_set_in_order(self, topic: str, payload: bytes, retained: bool) -> None:
+        if self._bus is None:
+            self.on_settings_set(topic, payload, retained)
+        else:
+            self._bus.in_order(lambda: self.on_settings_set(topic, payload, retained))
 
     def on_settings_set(self, topic: str, payload: bytes, retained: bool) -> None:
         """`<base>/<id>/capture/settings/set`: validate, apply, publish the device's settings."""

@@ -1,16 +1,20 @@
-"""The start-up gate: commands wait until what the broker kept for us has arrived.
+"""The start-up gate: commands and settings changes wait until what the broker kept for us has arrived.
 
-After subscribing, the bridge sends itself a marker on `<base>/bridge/sync/<client_id>`.
-Retained messages for its subscriptions (the settings users chose) reach it before the marker,
-so once the marker is back every command runs with the chosen settings. Commands that arrive
-meanwhile are journaled at once (their PUBACK goes out with the next journal commit) and run,
-in order, behind the commands the journal took back from the last run.
+After subscribing, the bridge sends itself a marker on `<base>/bridge/sync/<client_id>`, carrying
+a nonce drawn for this run. Retained messages for its subscriptions (the settings users chose)
+reach it before the marker, so once *its own* marker is back every command runs with the chosen
+settings; a marker any other client published (queued while the bridge was down, or retained)
+carries no such nonce and opens nothing. Commands that arrive meanwhile are journaled at once
+(their PUBACK goes out with the next journal commit); they and the settings changes that arrive
+with them then run in arrival order, behind the commands the journal took back from the last run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+from collections.abc import Callable
 
 from bridge.config import Config
 from bridge.core import topics
@@ -24,9 +28,11 @@ log = logging.getLogger("bridge")
 # How long commands wait at start for the retained settings before running anyway.
 SYNC_TIMEOUT = 10.0
 
+Held = tuple[Command, int | None] | Callable[[], None]
+
 
 class StartupGate(Feature):
-    """Holds commands until the marker is back (or SYNC_TIMEOUT), then hands them to the service."""
+    """Holds commands (and ordered work) until our marker is back (or SYNC_TIMEOUT), then runs them in order."""
 
     def __init__(
         self, config: Config, service: CaptureService, publish: Publish, timeout: float = SYNC_TIMEOUT
@@ -36,8 +42,11 @@ class StartupGate(Feature):
         self._publish = publish
         self._timeout = timeout
         self._marker = topics.bridge_sync_topic(self._base, config.mqtt.client_id)
-        # Held commands and their journal ids; None once open.
-        self._held: list[tuple[Command, int | None]] | None = []
+        self._nonce = secrets.token_hex(16).encode()  # only this run's own marker opens the gate
+        # What waits, in arrival order (None: dropped); None once open.
+        self._held: list[Held | None] | None = []
+        # (device, payload) -> positions in _held: a retained command's queued copies, found in O(1).
+        self._copies: dict[tuple[str, bytes], list[int]] = {}
         self._replayed: list[JournalEntry] = []
         self._bus: Bus | None = None
 
@@ -47,11 +56,12 @@ class StartupGate(Feature):
         return self._held is None
 
     def routes(self) -> list[Route]:
-        return [Route(self._marker, lambda topic, payload, retained: self.open())]
+        return [Route(self._marker, self._marker_arrived)]
 
     def attach(self, bus: Bus) -> None:
         self._bus = bus
         bus.take_commands(self.command)
+        bus.hold_with(self.in_order)
         bus.on_retained_command(self.retained_command)
         bus.on_connected(self._connected)
 
@@ -67,8 +77,16 @@ class StartupGate(Feature):
         """A live command: run it, or hold it (journaled now) until open."""
         if self._held is None:
             self._service.submit(command)
+            return
+        self._copies.setdefault((command.device, command.payload), []).append(len(self._held))
+        self._held.append((command, self._service.record(command)))
+
+    def in_order(self, work: Callable[[], None]) -> None:
+        """Work that must keep its place among held commands (a settings change): now, or when open."""
+        if self._held is None:
+            work()
         else:
-            self._held.append((command, self._service.record(command)))
+            self._held.append(work)
 
     def retained_command(self, device: str, payload: bytes) -> None:
         """Drop held copies of a retained command.
@@ -77,34 +95,49 @@ class StartupGate(Feature):
         down reaches our resumed session as a live message, before the retained copy our SUBSCRIBE
         brings. Both arrive while commands are held at start: the live copy is the same stale command.
         """
-        if not self._held:
+        if self._held is None:
             return
-        kept = [(c, jid) for c, jid in self._held if c.device != device or c.payload != payload]
-        for c, jid in self._held:
-            if c.device == device and c.payload == payload:
-                self._service.discard(jid)
-        if len(kept) < len(self._held):
+        positions = self._copies.pop((device, payload), [])
+        for position in positions:
+            held = self._held[position]
+            if isinstance(held, tuple):
+                self._service.discard(held[1])
+            self._held[position] = None
+        if positions:
             log.warning("dropped %d queued copy(ies) of the retained command on %s: retained commands are never "
                         "executed (the broker queued it for our session without its retain flag)",
-                        len(self._held) - len(kept), topics.command_topic(self._base, device), extra={"device": device})
-            self._held = kept
+                        len(positions), topics.command_topic(self._base, device), extra={"device": device})
+
+    def _marker_arrived(self, topic: str, payload: bytes, retained: bool) -> None:
+        if payload == self._nonce and not retained:
+            self.open()
+        else:
+            log.warning("ignored a message on %s that this bridge did not send (a forged or stale start-up "
+                        "marker)", topic)
 
     def open(self) -> None:
-        """The marker is back (or overdue, or we stop): run what waited, oldest first."""
+        """Our marker is back (or overdue, or we stop): run what waited, oldest first."""
         if self._held is None:
             return
         if self._bus is not None:
             self._bus.ready()
         waiting, self._held = self._held, None
+        self._copies = {}
         if self._replayed:
             self._service.replay(self._replayed)  # older than anything held: first
             self._replayed = []
-        for command, journal_id in waiting:
-            self._service.submit(command, journal_id)
+        for held in waiting:
+            if isinstance(held, tuple):
+                self._service.submit(*held)
+            elif held is not None:
+                try:
+                    held()
+                except Exception:  # one bad change must not stop the commands behind it
+                    log.exception("held work failed")
 
     def _connected(self) -> None:
         if self._held is not None:
-            self._publish(self._marker, b"sync", qos=1)
+            self._publish(self._marker, self._nonce, qos=1)
             asyncio.get_running_loop().call_later(self._timeout, self._overdue)
 
     def _overdue(self) -> None:

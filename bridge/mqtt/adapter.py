@@ -243,7 +243,8 @@ class MqttAdapter:
         if route is not None:
             payload, retained = bytes(message.payload), bool(message.retain)
             if route.ordered:
-                self.inbound.offer(message.qos, arrival, lambda: route.handler(topic, payload, retained))
+                self.inbound.offer(message.qos, arrival, lambda: route.handler(topic, payload, retained),
+                                   ordered=True)
             else:
                 route.handler(topic, payload, retained)
             return

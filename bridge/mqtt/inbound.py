@@ -75,9 +75,13 @@ class InboundGate(Generic[Item]):
             self._qos.append(qos)
         return arrival
 
-    def offer(self, qos: int, arrival: int, item: Item) -> None:
-        """Deliver now, or hold behind what is held (QoS 0 is never held: the broker does not wait)."""
-        if qos > 0 and (self._held or self.backpressure):
+    def offer(self, qos: int, arrival: int, item: Item, *, ordered: bool = False) -> None:
+        """Deliver now, or hold behind what is held.
+
+        A QoS 0 command is not held (the broker does not wait for it); `ordered` work (a settings
+        change) waits behind held messages at any QoS, so it never overtakes them.
+        """
+        if (qos > 0 and self.backpressure) or ((qos > 0 or ordered) and self._held):
             # Holding acks should stop the broker at our Receive Maximum; Mosquitto 2.0 does not
             # always (eclipse/mosquitto#2301). What comes anyway waits here, unacknowledged.
             self._held.append(item)

@@ -496,3 +496,17 @@ def test_urls_with_credentials_are_refused_without_echoing_them(section: str, ke
 def test_response_topics_must_be_filters(bad: str) -> None:
     with pytest.raises(ValueError, match="response_topics"):
         Config.model_validate({"cloud": {"token": "t0k3n"}, "mqtt": {"response_topics": [bad]}})
+
+
+@pytest.mark.parametrize(
+    ("device", "why"),
+    [("bridge", "own topic level"), ("$capture-bridge-probe-x", "reserved"),
+     ("bridge_capture-bridge", "Home Assistant device")],
+)
+def test_device_ids_that_collide_with_the_bridges_own_are_refused(tmp_path: Path, device: str, why: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, MINIMAL + f'devices:\n  "{device}": a64b2e58-9305-4a01-9c51-092205123945\n')
+    message = str(raised.value)
+    assert message.startswith(f"devices.{device}: ")
+    assert why in message
+    assert "\n" not in message

@@ -12,8 +12,9 @@ import pytest
 from bridge import __version__
 from bridge.config import Config
 from bridge.core.command import PHOTO, VIDEO, decode_payload, parse_command
+from bridge.core.devices import safe_id
 from bridge.core.settings import parse_settings
-from bridge.features.discovery import cleanup_filter, discovery_messages, owner_name, safe_id
+from bridge.features.discovery import cleanup_filter, discovery_messages, owner_name
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 GUID2 = "0b7e1f52-1c1f-4c35-9a51-6a2a3c7b9d10"

@@ -51,13 +51,17 @@ def test_commands_are_journaled_at_once_and_run_when_the_marker_is_back() -> Non
         ready: list[bool] = []
         bus.on_ready(lambda: ready.append(True))
         bus.connected()
-        assert sent == [("devices/bridge/sync/capture-bridge", b"sync")]
+        [(topic, nonce)] = sent
+        assert topic == "devices/bridge/sync/capture-bridge"
         bus.command(Command("truck-12", b"1"))
         bus.command(Command("truck-12", b"2"))
         assert service.events == [("record", b"1"), ("record", b"2")]
         gate.take_back([object(), object()])  # type: ignore[list-item]
         marker = bus.routes[0]
-        marker.handler(marker.topic, b"sync", False)
+        marker.handler(marker.topic, b"sync", False)  # what another client could publish
+        marker.handler(marker.topic, nonce, True)  # a retained copy is not this run's echo
+        assert ready == []
+        marker.handler(marker.topic, nonce, False)
         assert ready == [True]
         assert service.events[2:] == [("replay", 2), ("submit", (b"1", 1)), ("submit", (b"2", 2))]
         bus.command(Command("truck-12", b"3"))  # open: straight to the service
@@ -86,5 +90,34 @@ def test_stopping_hands_held_commands_to_the_service() -> None:
         gate.stop()
         assert gate.is_open
         assert service.events[-1] == ("submit", (b"x", 1))
+
+    asyncio.run(go())
+
+
+def test_a_settings_change_at_start_up_keeps_its_place_among_held_commands() -> None:
+    async def go() -> None:
+        gate, service, bus, _ = make()
+        bus.command(Command("truck-12", b"before"))
+        bus.in_order(lambda: service.events.append(("settings", None)))
+        bus.command(Command("truck-12", b"after"))
+        assert ("settings", None) not in service.events  # not applied before the remembered settings
+        gate.open()
+        order = [e for e in service.events if e[0] in ("submit", "settings")]
+        assert order == [("submit", (b"before", 1)), ("settings", None), ("submit", (b"after", 2))]
+
+    asyncio.run(go())
+
+
+def test_many_held_copies_of_retained_commands_are_matched_at_once() -> None:
+    async def go() -> None:
+        gate, service, bus, _ = make()
+        for i in range(5000):
+            bus.command(Command(f"dev-{i}", b"stale"))
+        for i in range(0, 5000, 2):
+            bus.retained_command(f"dev-{i}", b"stale")
+        gate.open()
+        submitted = [e for e in service.events if e[0] == "submit"]
+        assert len(submitted) == 2500
+        assert len([e for e in service.events if e[0] == "discard"]) == 2500
 
     asyncio.run(go())
