@@ -204,7 +204,7 @@ class CloudConfig(_Section):
     language: str = "1"
     # Idle pooled connections are closed after this: below the idle limits of NATs and load balancers.
     keepalive_timeout: float = Field(default=15.0, gt=0)
-    # Tries of a call that certainly did not reach the cloud, or met 503/429 (see bridge/cloud.py).
+    # Tries of a call that certainly did not reach the cloud, or met 503/429 (see bridge/infra/cloud.py).
     retry_attempts: int = Field(default=3, ge=1, le=20)
     retry_backoff: float = Field(default=0.5, ge=0)
     retry_backoff_max: float = Field(default=5.0, ge=0)
@@ -252,7 +252,7 @@ class DeviceEntry(_Section):
 
     guid: str
     name: str | None = None
-    # Fields a command leaves out, when the device has no setting of its own (see bridge/settings.py).
+    # Fields a command leaves out, when the device has no setting of its own (see bridge/core/settings.py).
     defaults: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("defaults", mode="before")

@@ -17,7 +17,7 @@ from bridge.core.messages import Route
 from bridge.features import discovery
 from bridge.features.base import Bus, Feature
 
-log = logging.getLogger("bridge.companion")
+log = logging.getLogger("bridge.homeassistant")
 
 
 class Announcer:

@@ -16,7 +16,7 @@ from bridge.core.messages import Route
 from bridge.core.settings import SettingsStore, encode, parse_settings_payload
 from bridge.features.base import Bus, Feature, Publish
 
-log = logging.getLogger("bridge.companion")
+log = logging.getLogger("bridge.settings")
 
 
 class DeviceSettings(Feature):

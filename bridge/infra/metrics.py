@@ -144,7 +144,7 @@ class Metrics:
         opened.set_function(connections)
 
     def watch_mqtt(self, waiting: Callable[[], float], held: Callable[[], float]) -> None:
-        """Expose the MQTT side's queues, read at scrape time (back-pressure, bridge/mqtt.py)."""
+        """Expose the MQTT side's queues, read at scrape time (back-pressure: bridge/mqtt/inbound.py)."""
         queued = Gauge("capture_bridge_mqtt_waiting",
                        "Messages the broker has not acknowledged yet, or that wait for room to be sent.",
                        registry=self.registry)
