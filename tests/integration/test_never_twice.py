@@ -10,7 +10,6 @@ import contextlib
 import json
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -20,15 +19,12 @@ from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import StartBridge
 from tests.support.broker import Broker
 from tests.support.commands import finals_by_request
+from tests.support.configs import fresh_guids
 from tests.support.probe import Probe
 from tests.support.waits import wait_until
 
 UNKNOWN = "the cloud may have received it"
 SLOW_CLOUD = {"cloud": {"read_timeout": 15.0}}
-
-
-def fresh_guids(n: int) -> list[str]:
-    return [str(uuid.uuid4()) for _ in range(n)]
 
 
 def test_kill_with_captures_at_the_cloud_sends_none_twice(

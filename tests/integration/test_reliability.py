@@ -13,13 +13,9 @@ from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import StartBridge
 from tests.support.broker import Broker
 from tests.support.commands import finals_by_request
-from tests.support.configs import GUIDS
+from tests.support.configs import GUIDS, fresh_guids
 from tests.support.probe import Probe, Received
 from tests.support.waits import wait_until
-
-
-def fresh_guids(n: int) -> list[str]:
-    return [str(uuid.uuid4()) for _ in range(n)]
 
 
 def is_final(base: str) -> Callable[[Received], bool]:

@@ -14,6 +14,11 @@ from tests.support.broker import Broker
 GUIDS = {behaviour: str(uuid.UUID(int=i + 1, version=4)) for i, behaviour in enumerate(Behaviour)}
 
 
+def fresh_guids(n: int) -> list[str]:
+    """GUIDs no test has used: devices the mock cloud answers with its default behaviour."""
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
 def bridge_config(broker: Broker, cloud: MockCloud, base_topic: str, workdir: Path) -> dict[str, Any]:
     """A config for the bridge under test: private broker, mock cloud, own topics and journal."""
     return {
