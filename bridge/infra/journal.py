@@ -19,7 +19,7 @@ backup) is noticed at the next commit or `check()`: the rows this process still
 holds are written to a fresh file at the same path.
 
 `synchronous=NORMAL` in WAL mode survives a killed process (SIGKILL); only a
-power cut can lose the last commits. That is the trade-off we chose for speed.
+power cut can lose the last commits (docs/reliability.md says what that costs and why).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Does the broker honour `$share/<group>/...`? Some grant it but treat it as a plain filter (deaf bridge).
 
-An empty command on a probe device tells: the group must deliver it, to us or to a member,
-which echoes it on `<base>/bridge/probe/<nonce>`; nothing back within SHARE_PROBE_WAIT means deaf.
-Nothing is published to a literal `$share/...` topic: Mosquitto denies that (PUBACK 0x87) and
-paho 2.2 drops the connection on a denied QoS 1 publish, so every member reconnected in a loop.
-A broker that does treat our `$share/...` filter as a plain one and delivers a message on such
-a topic is still recognised (`consumed`).
+Two probes tell:
+- an empty command on a probe device: the group must deliver it, to us or to a member, which
+  echoes it on `<base>/bridge/probe/<nonce>`; nothing back within SHARE_PROBE_WAIT means deaf;
+- the same on the literal `$share/...` topic, at QoS 0: a broker that honours shared
+  subscriptions never delivers it; one that treats the filter as plain gives it to us at once.
+  QoS 0 because Mosquitto denies a publish to `$share/...`: at QoS 1 that is a PUBACK 0x87 the
+  session then had to carry (issue 17: members reconnecting in a loop); at QoS 0 it is dropped.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class ShareProbe:
         self._nonce = uuid.uuid4().hex[:12]
         probe = topics.command_topic(self._base, SHARE_PROBE_PREFIX + self._nonce)
         self._trap = f"$share/{self._group}/{probe}"
-        # Not tracked as a subscription of ours: an ACL refusing it only leaves the timeout.
+        # Not tracked as a subscription of ours: an ACL refusing it only leaves the direct path.
         self._client.subscribe(self._echo_topic(self._nonce), qos=1)
+        self._client.publish(self._trap, b"", qos=0)
         self._client.publish(probe, b"", qos=1)
         asyncio.get_running_loop().call_later(SHARE_PROBE_WAIT, self._unconfirmed, connection)
 
