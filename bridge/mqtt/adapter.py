@@ -18,7 +18,6 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.config import MqttConfig
@@ -82,8 +81,11 @@ class MqttAdapter:
         max_packet = None if max_payload_bytes is None else max(max_payload_bytes, MIN_PACKET_PAYLOAD) + PACKET_OVERHEAD
         self.session = Session(self.client, config, max_packet)
         self.outbound = PublishQueue(self.client, config.qos)
-        self._states = StateOut(self.outbound, self._base, config.response_topics, (self._base, *owned_prefixes),
-                                v5=lambda: self.session.v5)
+        states = StateOut(self.outbound, self._base, config.response_topics, (self._base, *owned_prefixes),
+                          v5=lambda: self.session.v5)
+        # Publishing is the queue's (outbound.py) and the state policy's (responses.py); never raises.
+        self.publish = self.outbound.publish
+        self.publish_state = states.publish_state
         self.inbound: InboundGate[Held] = InboundGate(
             ack=self.client.ack, pressing=lambda: self.outbound.pressing, deliver=self._deliver,
             call_soon=self._call_soon, before_ack=before_ack)
@@ -276,37 +278,6 @@ class MqttAdapter:
     def _tick(self) -> None:
         self.outbound.tick()
         self.inbound.tick()
-
-    # --- publishing -------------------------------------------------------------
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int | None = None,
-        retain: bool = False,
-        properties: Properties | None = None,
-        on_acked: Callable[[], None] | None = None,
-        bulk: bool = False,
-    ) -> bool:
-        """Publish (queued while disconnected or while paho's queue is full); never raises (outbound.py)."""
-        return self.outbound.publish(topic, payload, qos=qos, retain=retain, properties=properties,
-                                     on_acked=on_acked, bulk=bulk)
-
-    def publish_state(
-        self,
-        device: str,
-        payload: bytes,
-        *,
-        retain: bool = True,
-        response_topic: str | None = None,
-        correlation: bytes | None = None,
-        on_acked: Callable[[], None] | None = None,
-    ) -> None:
-        """The state, and the final one to its Response Topic where allowed (responses.py); never raises."""
-        self._states.publish_state(device, payload, retain=retain, response_topic=response_topic,
-                                   correlation=correlation, on_acked=on_acked)
 
     # --- lifecycle ----------------------------------------------------------------
 
