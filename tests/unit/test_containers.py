@@ -18,7 +18,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bridge.config import BridgeConfig, CloudConfig
+from bridge.config import BridgeConfig, CloudConfig, load_config
 from tests.support.compose import compose_default, grace_seconds, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -370,3 +370,41 @@ def test_deployment_docs_tie_the_grace_period_to_the_timeouts() -> None:
     assert "terminationGracePeriodSeconds" in docker
     assert "shutdown_timeout" in docker
     assert "read_timeout" in docker
+
+
+def scale_out_docs() -> dict[str, dict[str, Any]]:
+    text = (ROOT / "examples" / "kubernetes-scale-out.yaml").read_text(encoding="utf-8")
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(text)}
+
+
+def test_kubernetes_scale_out_example_is_valid_against_the_api_schema() -> None:
+    docs = scale_out_docs()
+    assert set(docs) == {"Secret", "Service", "StatefulSet", "PodDisruptionBudget"}
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_kubernetes_scale_out_members_each_have_a_client_id_a_journal_and_one_group() -> None:
+    docs = scale_out_docs()
+    spec = docs["StatefulSet"]["spec"]
+    assert spec["replicas"] > 1
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    # Each member's client_id is its pod's name: distinct, and the same after a restart.
+    assert env["CAPTURE_BRIDGE_MQTT__CLIENT_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["CAPTURE_BRIDGE_MQTT__SHARED_GROUP"]["value"]
+    values = {name: e["value"] for name, e in env.items() if "value" in e}
+    assert pod["terminationGracePeriodSeconds"] > shutdown_budget(values)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/data"] in {t["metadata"]["name"] for t in spec["volumeClaimTemplates"]}  # one per member
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz"
+    pdb = docs["PodDisruptionBudget"]["spec"]
+    assert pdb["selector"] == spec["selector"]
+    assert pdb["maxUnavailable"] == 1
+    # The env the bridge reads is a valid config for a member.
+    config = load_config(None, environ={**values, "CAPTURE_BRIDGE_MQTT__CLIENT_ID": "capture-bridge-0",
+                                        "CAPTURE_BRIDGE_CLOUD__PASSWORD": "x",
+                                        "CAPTURE_BRIDGE_CLOUD__PASSWORD_FILE": ""})
+    assert config.mqtt.shared_group == "capture"
