@@ -9,6 +9,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from bridge.sim.server import MockCloud
 from tests.support import commands
+from tests.support.asyncapi import validator
 from tests.support.bridge_proc import StartBridge
 from tests.support.broker import Broker
 from tests.support.probe import Probe
@@ -21,6 +22,7 @@ def test_every_command_with_a_request_id_gets_exactly_one_result(
     client = Probe(broker.port, protocol=MQTTProtocolVersion.MQTTv311)  # as ThingsBoard's gateway speaks
     try:
         client.subscribe(f"{base_topic}/+/capture/result/#")
+        client.subscribe(f"{base_topic}/+/capture/state")
         cloud.latency = 0.3
         sent: dict[str, tuple[str, dict[str, Any]]] = {
             "ok-1": ("truck-12", {"request_id": "ok-1"}),
@@ -43,6 +45,11 @@ def test_every_command_with_a_request_id_gets_exactly_one_result(
         assert by_topic[f"{base_topic}/no-such-device/capture/result/nobody"].json()["error"] == "unknown_device"
         escaped = by_topic[f"{base_topic}/truck-12/capture/result/a%2Fb%2Bc"].json()
         assert escaped["request_id"] == "a/b+c"
+        # What the wire carried is what docs/asyncapi.yaml describes, pending states included.
+        seen = [m for m in client.messages if "/capture/" in m.topic and m.payload]
+        for message in seen:
+            validator("state").validate(message.json())
+        assert any(m.json()["status"] == "pending" for m in seen)
     finally:
         client.close()
 
