@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test unit integration lint bench bench-quick soak flood ha-check image-check lock clean
+.PHONY: deps install demo test unit integration lint bench bench-quick soak flood ha-check image-check lock clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# The brokers of the test matrix and Node.js for Aedes (Debian/Ubuntu, root or sudo): a run without skips.
+deps:
+	bash .ci/deps
 
 demo: install
 	$(BIN)/python -m bridge.demo

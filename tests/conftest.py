@@ -12,7 +12,7 @@ import pytest
 from bridge.sim.behaviours import DEMO_PASSWORD, DEMO_USER, Behaviour, Fault
 from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import BridgeProcess, deep_merge
-from tests.support.broker import Broker, DockerBroker, docker_available
+from tests.support.broker import Broker, DockerBroker, docker_available, mosquitto_binary
 from tests.support.commands import is_online
 from tests.support.configs import GUIDS, bridge_config
 from tests.support.probe import Probe
@@ -20,7 +20,16 @@ from tests.support.probe import Probe
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """One private Mosquitto for the whole run (tests keep apart by topic)."""
+    """One private Mosquitto for the whole run (tests keep apart by topic).
+
+    Without one (no Docker engine, no mosquitto), every test that needs it is skipped with one
+    reason saying what to install, instead of erroring one by one.
+    """
+    if not docker_available():
+        try:
+            mosquitto_binary()
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
     b: Any = DockerBroker().start() if docker_available() else Broker(tmp_path_factory.mktemp("mosquitto")).start()
     yield b
     b.stop()

@@ -52,6 +52,29 @@ _SSL_SHUTDOWN_LEAKS: Final = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.
 _NOT_WRITTEN_MESSAGE: Final = "Cannot write to closing transport"
 
 
+
+def _guard_ssl_abort() -> None:
+    """Python 3.11 before 3.11.7 (Debian 12 ships 3.11.2): aborting an SSL transport whose connection
+    is already lost raises `AttributeError: 'NoneType' object has no attribute '_abort'` from inside
+    aiohttp's close. 3.11.7 checks for None first; the same check, for the releases without it."""
+    from asyncio import sslproto
+
+    cls = sslproto._SSLProtocolTransport
+    for name in ("abort", "_force_close"):
+        original = getattr(cls, name)
+
+        def guarded(self: sslproto._SSLProtocolTransport, *args: object, _original: object = original) -> None:
+            if self._ssl_protocol is None:  # the connection is gone: nothing left to abort
+                self._closed = True
+                return
+            _original(self, *args)  # type: ignore[operator]
+
+        setattr(cls, name, guarded)
+
+
+if sys.version_info < (3, 11, 7):
+    _guard_ssl_abort()
+
 class TransportError(Exception):
     """A cloud call that got no usable HTTP reply. Never carries the request body (it holds the token)."""
 
