@@ -1,0 +1,1 @@
+"""The pure core: message types, validation, settings rules, states, topics, errors. Imports no other layer."""

@@ -1,0 +1,1 @@
+"""Features: plug-ins on one seam (base.py), registered in bootstrap.features."""

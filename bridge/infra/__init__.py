@@ -1,0 +1,1 @@
+"""Infrastructure: the cloud client and its HTTP transport, the journal, metrics, logs, TLS."""

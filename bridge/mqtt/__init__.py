@@ -1,0 +1,1 @@
+"""The MQTT adapter: the only package of the service that imports paho."""

@@ -1,0 +1,1 @@
+"""The capture service: scheduling, de-duplication, the journal rule (outbox), seen through ports.py."""

@@ -1,0 +1,1 @@
+"""The mock cloud: the API logic (simulator.py) and its HTTP server (server.py)."""
