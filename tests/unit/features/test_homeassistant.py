@@ -17,56 +17,56 @@ def make(devices: dict[str, Any] | None = None, **bridge: Any) -> tuple[HomeAssi
 
 
 def test_configs_no_longer_announced_are_cleared_once_ours() -> None:
-    companion, sent = make({"truck-12": GUID, "van-3": GUID2})
-    old = dict(discovery_messages(companion._config))
-    companion, sent = make({"truck-12": GUID})
-    companion.announce()
+    feature, sent = make({"truck-12": GUID, "van-3": GUID2})
+    old = dict(discovery_messages(feature._config))
+    feature, sent = make({"truck-12": GUID})
+    feature.announce()
     announced = len(sent)
     for topic, payload in old.items():
-        companion.on_discovery_config(topic, payload, True)
+        feature.on_discovery_config(topic, payload, True)
     cleared = [t for t, p, r in sent[announced:] if p == b"" and r]
     assert len(cleared) == 14
     assert all("/van-3_" in t for t in cleared)
     # Live copies (our own echoes) and empty payloads (our clearing) do nothing.
-    companion.on_discovery_config("homeassistant/button/capture_bridge/van-3_capture/config", old[cleared[0]], False)
-    companion.on_discovery_config(cleared[0], b"", True)
+    feature.on_discovery_config("homeassistant/button/capture_bridge/van-3_capture/config", old[cleared[0]], False)
+    feature.on_discovery_config(cleared[0], b"", True)
     # Someone else's config under our node id is left alone.
     foreign = json.dumps({"device": {"identifiers": ["x"], "via_device": "someone_else"}}).encode()
-    companion.on_discovery_config("homeassistant/button/capture_bridge/zzz/config", foreign, True)
+    feature.on_discovery_config("homeassistant/button/capture_bridge/zzz/config", foreign, True)
     assert len(sent) == announced + 14
 
 
 def test_terminal_number_joins_the_serial_number_and_survives_a_restart() -> None:
-    companion, sent = make()
-    companion.announce()
+    feature, sent = make()
+    feature.announce()
     state = {"status": "ok", "terminal_num": "804250900200"}
-    companion.observe_state("truck-12", json.dumps(state).encode())
+    feature.observe_state("truck-12", json.dumps(state).encode())
     republished = [json.loads(p) for t, p, _ in sent[18:]]
     assert len(republished) == 14
     assert {p["device"]["serial_number"] for p in republished} == {f"804250900200 ({GUID})"}
-    companion.observe_state("truck-12", json.dumps(state).encode())  # nothing new
+    feature.observe_state("truck-12", json.dumps(state).encode())  # nothing new
     assert len(sent) == 18 + 14
 
     # A restarted bridge reads it back from its retained configs before any capture.
     retained = {t: p for t, p, _ in sent}
-    companion, sent = make()
-    companion.announce()
+    feature, sent = make()
+    feature.announce()
     for topic, payload in retained.items():
-        companion.on_discovery_config(topic, payload, True)
+        feature.on_discovery_config(topic, payload, True)
     serials = {json.loads(p)["device"].get("serial_number") for t, p, _ in sent[18:]}
     assert serials == {f"804250900200 ({GUID})"}
 
 
 def test_homeassistant_online_announces_again() -> None:
-    companion, sent = make()
-    companion.on_homeassistant_status(b"offline")
+    feature, sent = make()
+    feature.on_homeassistant_status(b"offline")
     assert sent == []
-    companion.on_homeassistant_status(b"online")
+    feature.on_homeassistant_status(b"online")
     assert len(sent) == 18
 
 
 def test_configs_still_announced_are_never_cleared_even_before_the_first_announcement() -> None:
-    companion, sent = make({"truck-12": GUID})
-    for topic, payload in discovery_messages(companion._config):
-        companion.on_discovery_config(topic, payload, True)
+    feature, sent = make({"truck-12": GUID})
+    for topic, payload in discovery_messages(feature._config):
+        feature.on_discovery_config(topic, payload, True)
     assert [t for t, p, _ in sent if p == b""] == []

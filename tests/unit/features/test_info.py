@@ -20,11 +20,11 @@ def make(devices: dict[str, Any] | None = None, **bridge: Any) -> tuple[BridgeIn
 
 
 def test_bridge_info_only_when_it_changed() -> None:
-    companion, sent = make()
-    companion.publish_info(0, 0)
-    companion.publish_info(0, 0)
-    companion.publish_info(3, 1)
-    companion.publish_info(3, 1, force=True)
+    feature, sent = make()
+    feature.publish_info(0, 0)
+    feature.publish_info(0, 0)
+    feature.publish_info(3, 1)
+    feature.publish_info(3, 1, force=True)
     infos = on(sent, "devices/bridge/info")
     assert [(i["in_flight"], i["backlog"]) for i in infos] == [(0, 0), (3, 1), (3, 1)]
     assert all(i["version"] for i in infos)
