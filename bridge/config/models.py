@@ -22,12 +22,9 @@ from pydantic import (
 
 from bridge.config.secret_files import secret_from_file
 from bridge.core.command import Limits
-from bridge.core.devices import GUID_RE, collision
+from bridge.core.devices import DEVICE_ID_RE, GUID_RE, collision
 from bridge.core.errors import ConfigError, InvalidCommand
 from bridge.core.settings import parse_settings
-
-# A topic level we accept as a device id: no MQTT wildcards or separators, no control chars.
-DEVICE_ID_RE = re.compile(r"^[^/+#\x00-\x1f\x7f]+$")
 
 
 class _Section(BaseModel):

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 from bridge.core.errors import UnknownDevice
 
+# A topic level we accept as a device id: no MQTT wildcards or separators, no control chars.
+DEVICE_ID_RE = re.compile(r"^[^/+#\x00-\x1f\x7f]+$")
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_DEVICE_ID = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -33,6 +33,7 @@ from bridge.core.command import (
     _same,
     decode_payload,
 )
+from bridge.core.devices import DEVICE_ID_RE
 from bridge.core.errors import InvalidCommand
 
 # API value -> the friendly value published in the settings.
@@ -189,6 +190,10 @@ class SettingsStore:
         if not isinstance(data, dict):
             return ["not a JSON object"]
         for device, choices in data.items():
+            if not DEVICE_ID_RE.match(device):
+                # A key like "x/../y" would make the bridge write to topics outside a device's own.
+                problems.append(f"{device[:80]!r}: not a device id (one topic level)")
+                continue
             if not isinstance(choices, dict):
                 problems.append(f"{device}: not a JSON object")
                 continue

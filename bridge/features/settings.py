@@ -18,6 +18,8 @@ from bridge.features.base import Bus, Feature, Publish
 
 log = logging.getLogger("bridge.settings")
 
+MAX_PROBLEMS_LOGGED = 20  # a hostile retained memory must not turn into a million log lines
+
 
 class DeviceSettings(Feature):
     """The settings store's MQTT face."""
@@ -92,8 +94,10 @@ class DeviceSettings(Feature):
         if self.synced:
             return
         problems = self.store.restore(payload)
-        for problem in problems:
+        for problem in problems[:MAX_PROBLEMS_LOGGED]:
             log.warning("stored settings: %s (dropped)", problem)
+        if len(problems) > MAX_PROBLEMS_LOGGED:
+            log.warning("stored settings: %d more problems (dropped)", len(problems) - MAX_PROBLEMS_LOGGED)
         removed = [device for device in self.store.devices() if not self._known(device)]
         for device in removed:
             log.info("forgetting the settings of %r: no longer a device of this bridge", device)

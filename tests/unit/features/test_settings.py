@@ -95,3 +95,18 @@ def test_settings_of_a_device_removed_from_the_config_are_forgotten() -> None:
     assert feature.store.devices() == ["truck-12"]
     assert on(sent, "devices/trailer-7/capture/settings") == [None]  # its retained settings cleared
     assert on(sent, "devices/bridge/settings") == [{"truck-12": {"count": 3}}]
+
+
+def test_a_hostile_memory_cannot_make_the_bridge_write_outside_device_topics(caplog: pytest.LogCaptureFixture) -> None:
+    feature, sent = make({"truck-12": GUID}, guid_topic_ids=False)
+    hostile = {"x/../../other/tree": {"count": 2}, "+": {"count": 2}, "truck-12/capture": {"count": 2},
+               **{f"junk-{i}": "not an object" for i in range(500)}, "truck-12": {"count": 3}}
+    with caplog.at_level(logging.WARNING):
+        feature.on_settings_snapshot(json.dumps(hostile).encode())
+        feature.on_synced()
+    written = {t for t, _, _ in sent}
+    assert all(t.count("/") == 3 or t == "devices/bridge/settings" for t in written), written
+    assert "devices/x/../../other/tree/capture/settings" not in written
+    assert feature.store.current("truck-12")["count"] == 3  # what is valid is kept
+    warnings = [r for r in caplog.records if "stored settings" in r.getMessage()]
+    assert len(warnings) <= 21  # capped, with one summary line
