@@ -391,3 +391,53 @@ def test_fuzzed_commands_never_stop_the_bridge(
     bridge = restart_cleanly(bridge, start_bridge, overrides)
     still_serves(probe, base_topic, cloud)
     assert "Traceback" not in bridge.log_text()
+
+
+memories = st.one_of(
+    payloads,
+    st.dictionaries(st.text(mqtt_chars, max_size=30) | st.sampled_from(["x/../../elsewhere", "+", "#", "a/b"]),
+                    st.dictionaries(st.sampled_from(["count", "FCount", "resolution", "camera", "zoom"]),
+                                    st.integers(-5, 500) | st.text(max_size=6), max_size=3) | st.integers(),
+                    max_size=30).map(lambda d: json.dumps(d).encode()),
+)
+
+
+@pytest.mark.timeout(240)
+def test_fuzzed_start_up_inputs_published_while_the_bridge_is_down(
+    start_bridge: StartBridge, probe: Probe, broker: Any, base_topic: str, cloud: MockCloud
+) -> None:
+    """A forged marker, a hostile retained memory or settings change, queued or retained while the bridge
+    is down: the next start answers commands within seconds and writes only to its own trees."""
+    cloud.default_behaviour = "ok"
+    overrides = {"homeassistant": {"enabled": True, "prefix": f"ha-{base_topic}"}}
+    bridge = start_bridge(overrides)
+    client_id = f"bridge-{base_topic}"
+    watcher = Probe(broker.port)
+    watcher.subscribe("#")
+    try:
+        @settings(max_examples=12, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+        @given(target=st.sampled_from(["marker", "memory", "settings"]), payload=memories, retain=st.booleans())
+        def hostile(target: str, payload: bytes, retain: bool) -> None:
+            nonlocal bridge
+            assert bridge.stop(timeout=20) == 0
+            topic = {"marker": f"{base_topic}/bridge/sync/{client_id}", "memory": f"{base_topic}/bridge/settings",
+                     "settings": f"{base_topic}/truck-12/capture/settings/set"}[target]
+            publish_raw(probe, topic, payload, qos=1)
+            if retain:
+                probe.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+            bridge = start_bridge(overrides)
+            still_serves(probe, base_topic, cloud, timeout=15)
+            if retain:
+                probe.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+
+        hostile()
+        ours = (f"{base_topic}/", f"ha-{base_topic}/")
+        # Live messages only (retained ones of earlier tests arrive at subscription); the test's own
+        # probes publish nothing outside the base topic either: anything here is the bridge's.
+        others = {m.topic for m in watcher.messages if not m.retain and not m.topic.startswith(ours)}
+        assert others == set(), sorted(others)[:10]
+        assert any(m.topic.startswith(ours) and not m.retain for m in watcher.messages)  # it did watch the bridge
+        assert "Traceback" not in bridge.log_text(), bridge.log_text()[-3000:]
+    finally:
+        watcher.close()
