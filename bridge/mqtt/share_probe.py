@@ -51,11 +51,6 @@ class ShareProbe:
         self._nonce = ""
         self.checked = group is None
 
-    @property
-    def running(self) -> bool:
-        """A check is out."""
-        return self._trap is not None
-
     def _echo_topic(self, nonce: str) -> str:
         return f"{self._base}/bridge/probe/{nonce}"
 

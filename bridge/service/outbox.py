@@ -60,14 +60,14 @@ class Outbox:
         if self._journal is None:
             return None
         journal_id = self._journal.add(command.device, payload, command.response_topic, command.correlation)
-        self._schedule_flush()
+        self.schedule_flush()
         return journal_id
 
     def done(self, journal_id: int | None) -> None:
         """Remove a row (its state reached the broker, or the command will never run)."""
         if journal_id is not None and self._journal is not None:
             self._journal.done([journal_id])
-            self._schedule_flush()
+            self.schedule_flush()
 
     async def sending(self, journal_id: int | None) -> None:
         """Mark the command as being sent; return once the mark is committed (at once without a journal).
@@ -80,7 +80,7 @@ class Outbox:
         self._journal.sending(journal_id)
         mark: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._marks.append(mark)
-        self._schedule_flush()
+        self.schedule_flush()
         await mark
 
     def answered(self, journal_id: int | None, job: object, state: bytes) -> bool:
@@ -89,17 +89,14 @@ class Outbox:
             return False
         self._journal.answered(journal_id, state)
         self._to_publish.append((job, state))
-        self._schedule_flush()
+        self.schedule_flush()
         return True
 
-    def _schedule_flush(self) -> None:
+    def schedule_flush(self) -> None:
+        """Commit at the end of this loop pass (once, however many writes ask)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
-
-    def schedule_flush(self) -> None:
-        """Commit at the end of this loop pass."""
-        self._schedule_flush()
 
     def flush(self) -> bool:
         """Commit the journal, then publish the states that waited for it.
