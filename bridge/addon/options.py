@@ -81,7 +81,11 @@ def _listed_devices(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def devices_file_path(value: str, config_dir: Path) -> Path:
     """A `devices_file` option -> the file, always inside the add-on's own config folder."""
-    relative = PurePosixPath(value.removeprefix(str(config_dir)).lstrip("/"))
+    path = PurePosixPath(value)
+    try:
+        relative = path.relative_to(config_dir.as_posix()) if path.is_absolute() else path
+    except ValueError:
+        relative = PurePosixPath("..")
     if not relative.parts or ".." in relative.parts:
         raise ConfigError(f"devices_file: {value!r} must name a file in the add-on's config folder "
                           "(e.g. devices.yaml)")

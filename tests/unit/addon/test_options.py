@@ -84,7 +84,8 @@ def test_devices_file_resolves_inside_the_config_folder(value: str, expected: st
     assert devices_file_path(value, Path("/config")) == Path("/config") / expected
 
 
-@pytest.mark.parametrize("value", ["../../data/options.json", "/config/../etc/passwd", "/"])
+@pytest.mark.parametrize("value", ["../../data/options.json", "/config/../etc/passwd", "/", "/configuration/d.yaml",
+                                   "/data/options.json", "."])
 def test_devices_file_never_leaves_the_config_folder(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^devices_file: .* in the add-on's config folder"):
         devices_file_path(value, Path("/config"))
