@@ -20,7 +20,7 @@ import click
 
 from bridge import __version__
 from bridge.addon.options import config_data, in_option_terms, read_options
-from bridge.addon.supervisor import SUPERVISOR_URL, fetch_broker
+from bridge.addon.supervisor import OUTSIDE_ADDON, SUPERVISOR_URL, fetch_broker
 from bridge.app import install_signal_handlers, run_bridge
 from bridge.cli import EXIT_CONFIG, journal_problem, run_event_loop
 from bridge.config import Config
@@ -49,8 +49,9 @@ def effective_config(environ: dict[str, str]) -> Config:
     data_dir = Path(environ.get(DATA_ENV, "/data"))
     config_dir = Path(environ.get(CONFIG_ENV, "/config"))
     token = environ.get("SUPERVISOR_TOKEN")
-    if token:
-        redact.add(token)
+    if not token:
+        raise ConfigError(OUTSIDE_ADDON)
+    redact.add(token)
     options = read_options(data_dir / "options.json")
     for secret in (options.get("password"),):
         if isinstance(secret, str):

@@ -16,6 +16,9 @@ SUPERVISOR_URL = "http://supervisor"
 NO_BROKER = ("no MQTT broker: the Supervisor offers no MQTT service ({why}); install and start the "
              "Mosquitto broker add-on, then start this add-on again")
 
+OUTSIDE_ADDON = ("SUPERVISOR_TOKEN is not set: this entry point runs inside a Home Assistant add-on "
+            "(for a plain install use `capture-bridge run --config ...`)")
+
 
 @dataclass(frozen=True)
 class Broker:
@@ -77,8 +80,7 @@ ANSWER_WITHIN = 10.0
 async def fetch_broker(base_url: str, token: str | None) -> Broker:
     """Ask the Supervisor for its MQTT service; ConfigError with one line saying what to fix."""
     if not token:
-        raise ConfigError("SUPERVISOR_TOKEN is not set: this entry point runs inside a Home Assistant add-on "
-                          "(for a plain install use `capture-bridge run --config ...`)")
+        raise ConfigError(OUTSIDE_ADDON)
     url = f"{base_url.rstrip('/')}/services/mqtt"
     headers = {"Authorization": f"Bearer {token}"}
     try:

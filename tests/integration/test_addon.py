@@ -151,3 +151,13 @@ def test_a_bad_option_is_one_line_naming_it(
     line = one_line(run_addon(addon_env(tmp_path, supervisor.url, base_topic)))
     assert line.startswith(f"capture-bridge: config error: {start}")
     assert DEMO_PASSWORD not in line
+
+
+def test_outside_an_addon_is_one_line(tmp_path: Path, supervisor: FakeSupervisor, cloud: MockCloud,
+                                      base_topic: str) -> None:
+    write_options(tmp_path, cloud, base_topic)
+    env = addon_env(tmp_path, supervisor.url, base_topic)
+    del env["SUPERVISOR_TOKEN"]
+    line = one_line(run_addon(env))
+    assert line.startswith("capture-bridge: config error: SUPERVISOR_TOKEN is not set")
+    assert supervisor.requests == []
