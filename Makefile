@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: deps install demo test unit integration lint bench bench-quick soak flood ha-check image-check lock clean
+.PHONY: deps install demo test unit integration lint bench bench-quick soak flood ha-check image-check addon-check lock clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ soak: install
 # Builds the image and runs docker/compose.yml for real (Docker, else Podman); minutes, not in `make test`.
 image-check: install
 	$(BIN)/python -m checks.image_check
+
+# Builds the Home Assistant add-on's image (Podman) and runs it against a stand-in Supervisor; minutes.
+addon-check: install
+	$(BIN)/python -m checks.addon_check
 
 # requirements.lock: the image's dependencies, pinned with hashes. Run after changing pyproject.toml.
 lock: install

@@ -61,7 +61,6 @@ def _first_error(exc: ValidationError) -> str:
 
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """Read the YAML file (if any), apply environment overrides and validate; raise ConfigError."""
-    env = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -82,8 +81,18 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping")
         data = loaded
-    for key_path, value in _env_overrides(env):
+    return validate_config(with_env_overrides(data, environ))
+
+
+def with_env_overrides(data: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`data` with every `CAPTURE_BRIDGE_<SECTION>__<KEY>` variable laid over it (in place)."""
+    for key_path, value in _env_overrides(os.environ if environ is None else environ):
         _apply(data, key_path, value)
+    return data
+
+
+def validate_config(data: dict[str, Any]) -> Config:
+    """The Config for plain data; ConfigError with one line naming the first wrong key."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
