@@ -480,6 +480,7 @@ def check_bridge_down(s: Scenario, device: str, rpc_id: int) -> None:
 
     def queued() -> str:
         wait_until(lambda: bool(s.commands(device, str(rpc_id))), 15, "the command on the broker")
+        assert s.commands(device, str(rpc_id))[0].qos == 1, "published at QoS 0: lost while the bridge is down"
         assert not s.thingsboard.replies(device, rpc_id), "answered while the bridge was down"
         return "published at QoS 1 while the bridge is down, no reply yet"
     s.report.check(f"RPC {rpc_id} while the bridge is down: the command waits on the broker", queued)
