@@ -290,10 +290,10 @@ class Scenario:
             self._cleanups.append(self.watch.close)
             self.thingsboard = StandInThingsBoard(self.tb_broker.port)
             self._cleanups.append(self.thingsboard.close)
+            self.gateway = self._started(Gateway(gateway, workdir / "gateway", self.broker.port, self.tb_broker.port))
         except BaseException:
             self.stop()
             raise
-        self.gateway = self._started(Gateway(gateway, workdir / "gateway", self.broker.port, self.tb_broker.port))
         self.bridge_config: dict[str, Any] = {
             "mqtt": {"url": self.broker.url, "client_id": "capture-bridge", "base_topic": BASE,
                      "reconnect_min": 0.2, "reconnect_max": 1.0, "result_topics": True},
@@ -310,9 +310,10 @@ class Scenario:
     def start_bridge(self) -> None:
         """Start the bridge and wait until it says online."""
         self.bridge = BridgeProcess(self.workdir / "bridge", self.bridge_config).start()
-        wait_until(lambda: self._bridge_state() == "online", 30, "the bridge says online")
+        wait_until(lambda: self.bridge_state() == "online", 30, "the bridge says online")
 
-    def _bridge_state(self) -> str | None:
+    def bridge_state(self) -> str | None:
+        """What the bridge last said on its availability topic."""
         states = self.watch.select(lambda m: m.topic == topics.availability_topic(BASE))
         return states[-1].json().get("state") if states else None
 
@@ -475,7 +476,7 @@ def check_bridge_down(s: Scenario, device: str, rpc_id: int) -> None:
     """An RPC while the bridge is down waits on its persistent session and is answered once it is back."""
     assert s.bridge is not None
     s.bridge.stop()
-    wait_until(lambda: s._bridge_state() == "offline", 15, "the bridge says offline")
+    wait_until(lambda: s.bridge_state() == "offline", 15, "the bridge says offline")
     s.thingsboard.rpc(device, rpc_id, "capture", {})
 
     def queued() -> str:
