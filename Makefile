@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: deps install demo test unit integration lint bench bench-quick soak flood ha-check image-check addon-check lock clean
+.PHONY: deps install demo test unit integration lint bench bench-quick soak flood ha-check tb-check image-check addon-check lock clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-quick: install
 # A real Home Assistant core (cached virtualenv, minutes on the first run) against the bridge.
 ha-check: install
 	$(BIN)/python -m checks.ha_check
+
+# The real ThingsBoard IoT Gateway (cached virtualenv, a minute on the first run) with examples/thingsboard/.
+tb-check: install
+	$(BIN)/python -m checks.tb_check
 
 soak: install
 	$(BIN)/python -m bench.soak --seconds 420 --settle 240
