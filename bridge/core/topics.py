@@ -59,6 +59,11 @@ def instance_state_topic(base: str, client_id: str) -> str:
     return f"{base}/bridge/instance/{instance_level(client_id)}/state"
 
 
+def instance_state_filter(base: str) -> str:
+    """Every instance's own state topic."""
+    return f"{base}/bridge/instance/+/state"
+
+
 SETTINGS_SUFFIX = "capture/settings"
 SETTINGS_SET_SUFFIX = "capture/settings/set"
 

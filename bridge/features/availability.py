@@ -24,6 +24,8 @@ from bridge.features.base import Bus, Feature, Publish
 
 log = logging.getLogger("bridge")
 
+MAX_INSTANCES = 1024  # other instances remembered (a bound against a flood of forged instance topics)
+
 
 def _json(data: dict[str, str]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
@@ -71,9 +73,11 @@ class Availability(Feature):
         self._online = False  # we said `online` on this connection and hear commands
         self._acked = False  # the broker has our instance `online` of this run
         self._stopping = False
+        self._others: set[str] = set()  # instance topics seen `online`: the only ones a will may mark offline
 
     def routes(self) -> list[Route]:
-        return [Route(self._shared, self._on_shared), Route(self._own, self._on_own)]
+        return [Route(self._shared, self._on_shared),
+                Route(topics.instance_state_filter(self._base), self._on_instance)]
 
     def attach(self, bus: Bus) -> None:
         bus.on_listening(self.listening)
@@ -107,12 +111,20 @@ class Availability(Feature):
         gone = _fields(payload).get("instance")
         log.debug("%s says offline%s; this instance is online: saying so", topic, f" ({gone} went)" if gone else "")
         self._send(self._shared, ONLINE, qos=1, retain=True)
-        if isinstance(gone, str) and gone and gone != self._client_id:
-            # Its will: it cannot say so itself any more.
-            self._send(topics.instance_state_topic(self._base, gone), OFFLINE, qos=1, retain=True)
+        if isinstance(gone, str) and gone != self._client_id:
+            theirs = topics.instance_state_topic(self._base, gone)
+            if theirs in self._others:  # its will: it cannot say so itself any more
+                self._others.discard(theirs)
+                self._send(theirs, OFFLINE, qos=1, retain=True)
 
-    def _on_own(self, topic: str, payload: bytes, retained: bool) -> None:
+    def _on_instance(self, topic: str, payload: bytes, retained: bool) -> None:
         fields = _fields(payload)
+        if topic != self._own:
+            if fields.get("state") == "online" and len(self._others) < MAX_INSTANCES:
+                self._others.add(topic)
+            elif fields.get("state") != "online":
+                self._others.discard(topic)
+            return
         if self._stopping:
             return
         if fields.get("state") == "online" and fields.get("run") != self._run and self._acked:

@@ -9,6 +9,7 @@ from bridge.config import Config
 from bridge.core import topics
 from bridge.features.availability import OFFLINE, ONLINE, Availability, last_will
 from bridge.features.base import Bus, register
+from bridge.mqtt.router import Router
 from tests.support.features import Sent, on
 
 SHARED = "devices/bridge/state"
@@ -44,7 +45,8 @@ def make(client_id: str = "a", group: str | None = "g") -> tuple[Availability, S
 
 
 def deliver(bus: Bus, topic: str, payload: dict[str, Any]) -> None:
-    route = next(r for r in bus.routes if r.topic == topic)
+    route = Router(bus.routes).match(topic)
+    assert route is not None
     route.handler(topic, json.dumps(payload).encode(), False)
 
 
@@ -60,11 +62,16 @@ def test_a_single_bridge_keeps_the_plain_payloads_and_will() -> None:
 
 def test_a_member_that_hears_commands_answers_an_offline_on_the_shared_topic_and_marks_the_gone_one() -> None:
     _, sent, _, bus = make("a")
+    deliver(bus, "devices/bridge/instance/b/state", {"state": "online", "run": "b1"})
     bus.listening(True)
     sent.clear()
     deliver(bus, SHARED, {"state": "offline", "instance": "b"})  # b's will
     assert (SHARED, ONLINE, True) in sent
     assert on(sent, "devices/bridge/instance/b/state") == [{"state": "offline"}]
+    # A will naming an instance never seen online writes nothing of its own: no topic made up.
+    sent.clear()
+    deliver(bus, SHARED, {"state": "offline", "instance": "forged"})
+    assert sent == [(SHARED, ONLINE, True)]
 
 
 def test_nothing_is_reasserted_before_listening_or_while_stopping() -> None:
