@@ -59,6 +59,11 @@ def instance_state_topic(base: str, client_id: str) -> str:
     return f"{base}/bridge/instance/{instance_level(client_id)}/state"
 
 
+def instance_info_topic(base: str, client_id: str) -> str:
+    """One bridge instance's own info (retained): what `<base>/bridge/info` says, which every instance writes."""
+    return f"{base}/bridge/instance/{instance_level(client_id)}/info"
+
+
 def instance_state_filter(base: str) -> str:
     """Every instance's own state topic."""
     return f"{base}/bridge/instance/+/state"

@@ -69,6 +69,7 @@ def test_channel_addresses_are_the_codes_topics() -> None:
         "settings": topics.settings_topic(base, device),
         "availability": topics.availability_topic(base),
         "instanceAvailability": topics.instance_state_topic(base, "{client_id}"),
+        "instanceInfo": topics.instance_info_topic(base, "{client_id}"),
         "info": topics.bridge_info_topic(base),
         "rejected": topics.rejected_topic(base),
     }
