@@ -270,8 +270,8 @@ class Session:
             said[0] = False
             return False
         if self._taken_over:
-            self._name_takeover("the broker says another client connected with client_id %r and took over the "
-                                "session", pause)
+            self._name_takeover(f"the broker says another client connected with client_id {self._config.client_id!r} "
+                                "and took over the session", pause)
         elif not said[0]:
             log.warning("the broker closed the connection right after accepting it, twice in a row (its log says "
                         "why); next try in %.1fs", pause)
@@ -283,15 +283,14 @@ class Session:
 
     def another_instance(self, evidence: str) -> None:
         """Proof that another client connects with our client_id (our own instance topic says so)."""
-        self._name_takeover("another client connected with client_id %r and took over the session (" + evidence
-                            + ")", None)
+        self._name_takeover(f"another client connected with client_id {self._config.client_id!r} and took over "
+                            f"the session ({evidence})", None)
 
     def _name_takeover(self, what: str, pause: float | None) -> None:
-        client_id = self._config.client_id
         if self._takeover_named:
-            log.warning("session taken over again (client_id %r)", client_id)
+            log.warning("session taken over again (client_id %r)", self._config.client_id)
             return
         self._takeover_named = True
         then = "" if pause is None else f"; next try in {pause:.1f}s"
-        log.error(what + "; every bridge instance needs its own mqtt.client_id (to share the work, give each "
-                  "its own client_id and the same mqtt.shared_group)%s", client_id, then)
+        log.error("%s; every bridge instance needs its own mqtt.client_id (to share the work, give each its own "
+                  "client_id and the same mqtt.shared_group)%s", what, then)
