@@ -25,7 +25,7 @@ from bridge.core import topics
 from bridge.core.messages import Command, Route
 from bridge.core.redact import redact
 from bridge.infra.tls import mqtt_context
-from bridge.mqtt.diagnostics import shown
+from bridge.mqtt.diagnostics import RefusedPublishes, shown
 from bridge.mqtt.inbound import InboundGate
 from bridge.mqtt.loop import Client, LoopDriver
 from bridge.mqtt.outbound import PAHO_WINDOW, PublishQueue
@@ -95,6 +95,7 @@ class MqttAdapter:
         self._probe = ShareProbe(self.client, self._base, config.shared_group, self._problems,
                                  on_ok=lambda: self._listening(True), on_deaf=lambda: self._listening(False),
                                  current=self.session.current)
+        self._refused = RefusedPublishes()
         self._driver = LoopDriver(self.client, before_read=self.session.peer_is_mqtt, tick=self._tick)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -275,6 +276,8 @@ class MqttAdapter:
             log.exception("failed to hand over a command", extra={"device": device})
 
     def _handle_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            self._refused.note(self.client.topic_of(mid), reason)
         self.outbound.acked(mid)
         self.inbound.room()
 

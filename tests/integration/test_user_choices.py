@@ -15,7 +15,7 @@ from bridge.sim.behaviours import Behaviour
 from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import StartBridge
 from tests.support.broker import Broker
-from tests.support.commands import finals_by_request
+from tests.support.commands import finals_by_request, send
 from tests.support.configs import GUIDS, fresh_guids
 from tests.support.probe import Probe, Received
 from tests.support.waits import wait_until
@@ -136,3 +136,35 @@ def test_shared_group_members_started_together_all_come_online_on_mosquitto(
                 assert member.stop() == 0
     finally:
         probe.close()
+
+
+def test_a_publish_the_broker_denies_is_an_answer_not_a_reconnect(
+    start_bridge: StartBridge, base_topic: str, cloud: MockCloud, tmp_path: Path
+) -> None:
+    """Mosquitto's ACL refuses the bridge one Response Topic (MQTT 5 PUBACK 0x87): one WARNING naming it,
+    the same connection, and the command's state on its own topic."""
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite {base_topic}/#\ntopic read replies/#\n")
+    try:
+        broker = Broker(tmp_path / "acl-broker", extra=f"log_type all\nacl_file {acl}").start()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    probe = Probe(broker.port)
+    try:
+        probe.subscribe(f"{base_topic}/truck-12/capture/state")
+        client_id = f"acl-{base_topic}"
+        bridge = start_bridge({"mqtt": {"url": broker.url, "client_id": client_id}}, wait_online=False)
+        wait_until(lambda: "Sending CONNACK to " + client_id in broker.log_text(), 15, "connected")
+        wait_until(lambda: f"Received PUBLISH from {client_id}" in broker.log_text(), 15, "online said")
+        state = send(probe, base_topic, "truck-12", {"request_id": "denied-reply"}, timeout=20,
+                     response_topic="replies/denied")
+        assert state["status"] == "ok"
+        wait_until(lambda: "Denied PUBLISH from " + client_id in broker.log_text(), 10, "the broker's refusal")
+        bridge.wait_log("the broker refused our publish to replies/denied", timeout=10)
+        assert send(probe, base_topic, "truck-12", {"request_id": "after"})["status"] == "ok"
+        assert broker.log_text().count(f" as {client_id} (") == 1  # no reconnect
+        assert bridge.log_text().count("connected to") == 1
+        assert "took over" not in bridge.log_text()
+    finally:
+        probe.close()
+        broker.stop()
