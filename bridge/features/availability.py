@@ -74,6 +74,8 @@ class Availability(Feature):
         self._acked = False  # the broker has our instance `online` of this run
         self._stopping = False
         self._others: set[str] = set()  # instance topics seen `online`: the only ones a will may mark offline
+        self._answering = False  # an `online` answering an `offline` is on its way to the broker
+        self._again = False  # another `offline` came meanwhile: answer once more when it is through
 
     def routes(self) -> list[Route]:
         return [Route(self._shared, self._on_shared),
@@ -104,18 +106,34 @@ class Availability(Feature):
 
     def _lost(self) -> None:
         self._online = False
+        self._answering = self._again = False  # a new connection says `online` anyway
 
     def _on_shared(self, topic: str, payload: bytes, retained: bool) -> None:
         if not self._online or self._stopping or _fields(payload).get("state") != "offline":
             return
         gone = _fields(payload).get("instance")
         log.debug("%s says offline%s; this instance is online: saying so", topic, f" ({gone} went)" if gone else "")
-        self._send(self._shared, ONLINE, qos=1, retain=True)
+        self._answer()
         if isinstance(gone, str) and gone != self._client_id:
             theirs = topics.instance_state_topic(self._base, gone)
             if theirs in self._others:  # its will: it cannot say so itself any more
                 self._others.discard(theirs)
                 self._send(theirs, OFFLINE, qos=1, retain=True)
+
+    def _answer(self) -> None:
+        # One answer in flight at a time: a flood of forged `offline`s costs one `online` per round trip.
+        if self._answering:
+            self._again = True
+            return
+        self._answering = True
+
+        def through() -> None:
+            self._answering = False
+            if self._again and self._online and not self._stopping:
+                self._again = False
+                self._answer()
+
+        self._send(self._shared, ONLINE, qos=1, retain=True, on_acked=through)
 
     def _on_instance(self, topic: str, payload: bytes, retained: bool) -> None:
         fields = _fields(payload)

@@ -132,3 +132,30 @@ def test_instance_topics_are_one_level_and_distinct() -> None:
         assert topic.count("/") == 4
         assert "+" not in topic
         assert "#" not in topic
+
+
+def test_a_flood_of_forged_offlines_costs_one_online_per_round_trip() -> None:
+    acks: list[Any] = []
+    sent: Sent = []
+
+    def send(topic: str, payload: bytes, *, qos: int | None = None, retain: bool = False, on_acked: Any = None,
+             bulk: bool = False) -> bool:
+        sent.append((topic, payload, retain))
+        if on_acked is not None:
+            acks.append(on_acked)
+        return True
+
+    feature = Availability(config("a"), send, Session())
+    bus = Bus()
+    register(bus, [feature])
+    bus.listening(True)
+    for ack in acks:
+        ack()
+    sent.clear()
+    for _ in range(1000):
+        deliver(bus, SHARED, {"state": "offline"})
+    assert sent == [(SHARED, ONLINE, True)]
+    acks[-1]()  # the broker has it: one more for the offlines that came meanwhile
+    assert sent == [(SHARED, ONLINE, True)] * 2
+    acks[-1]()
+    assert len(sent) == 2
