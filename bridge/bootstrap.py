@@ -14,6 +14,7 @@ from bridge import __version__
 from bridge.config import CloudConfig, Config
 from bridge.core.errors import ConfigError
 from bridge.core.settings import SettingsStore
+from bridge.features.availability import Availability, last_will
 from bridge.features.base import Bus, Feature, register
 from bridge.features.homeassistant import HomeAssistant
 from bridge.features.info import BridgeInfo
@@ -82,6 +83,7 @@ def features(config: Config, store: SettingsStore, adapter: MqttAdapter, service
     """Every feature, in the order they subscribe and hear events: add a new one here."""
     found: list[Feature] = [
         gate,
+        Availability(config, adapter.publish, adapter.session),
         DeviceSettings(config, adapter.publish, store),
         BridgeInfo(config, adapter.publish, service, adapter),
     ]
@@ -108,6 +110,8 @@ def bootstrap(config: Config) -> Parts:
         routes=bus.routes,
         on_connected=bus.connected,
         on_disconnected=bus.disconnected,
+        on_listening=bus.listening,
+        will=last_will(config),
         on_retained_command=bus.retained_command,
         before_ack=bus.commit,
         max_payload_bytes=config.bridge.max_payload_bytes,

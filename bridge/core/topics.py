@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bridge.core.devices import safe_id
+
 SET_SUFFIX = "capture/set"
 STATE_SUFFIX = "capture/state"
 
@@ -37,8 +39,34 @@ def command_topic(base: str, device: str) -> str:
 
 
 def availability_topic(base: str) -> str:
-    """The bridge's online/offline topic (retained, also the last will)."""
+    """The bridge's online/offline topic (retained, also the last will): shared by every instance on `base`."""
     return f"{base}/bridge/state"
+
+
+def instance_level(client_id: str) -> str:
+    """A client_id as one topic level: as it is when it is one, else made safe (and distinct) by a hash."""
+    if client_id and not any(c in "/+#" or ord(c) < 0x20 or ord(c) == 0x7F for c in client_id):
+        return client_id
+    return safe_id(client_id)
+
+
+def instance_state_topic(base: str, client_id: str) -> str:
+    """One bridge instance's own online/offline topic (retained): `<base>/bridge/instance/<client_id>/state`.
+
+    Under `<base>/bridge/`, which no device id can take (`bridge` is reserved), and in a level of
+    its own (`instance`), so it meets none of the bridge's other topics whatever the client_id.
+    """
+    return f"{base}/bridge/instance/{instance_level(client_id)}/state"
+
+
+def instance_info_topic(base: str, client_id: str) -> str:
+    """One bridge instance's own info (retained): what `<base>/bridge/info` says, which every instance writes."""
+    return f"{base}/bridge/instance/{instance_level(client_id)}/info"
+
+
+def instance_state_filter(base: str) -> str:
+    """Every instance's own state topic."""
+    return f"{base}/bridge/instance/+/state"
 
 
 SETTINGS_SUFFIX = "capture/settings"

@@ -42,6 +42,7 @@ class Bus:
         self._on_retained: list[Callable[[str, bytes], None]] = []
         self._on_connected: list[Hook] = []
         self._on_disconnected: list[Hook] = []
+        self._on_listening: list[Callable[[bool], None]] = []
         self._on_ready: list[Hook] = []
         self._on_state: list[Callable[[str, bytes], None]] = []
         self._commit: Callable[[], bool] | None = None
@@ -72,6 +73,10 @@ class Bus:
     def on_disconnected(self, hook: Hook) -> None:
         """Every lost connection."""
         self._on_disconnected.append(hook)
+
+    def on_listening(self, hook: Callable[[bool], None]) -> None:
+        """The bridge hears commands on this connection (True), or will not on this broker (False)."""
+        self._on_listening.append(hook)
 
     def on_ready(self, hook: Hook) -> None:
         """Once per run: what the broker kept for us has arrived; commands run from now on."""
@@ -110,6 +115,10 @@ class Bus:
     def disconnected(self) -> None:
         """The adapter lost its connection."""
         self._emit(self._on_disconnected)
+
+    def listening(self, yes: bool) -> None:
+        """The command subscription is granted (and a shared group verified), or found deaf."""
+        self._emit(self._on_listening, yes)
 
     def ready(self) -> None:
         """The start-up is over."""

@@ -1,5 +1,8 @@
 """Home Assistant: MQTT discovery announced (again at every HA birth), clean-up of removed cameras,
-and the terminal number learned from states shown as the camera's serial number.
+and the terminal number the cloud named in this run's answers shown as the camera's serial number.
+
+Nothing read back from the broker (a retained discovery config or state, which any client can
+write) changes what the bridge announces about a device.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.config import Config
-from bridge.core.devices import safe_id
 from bridge.core.messages import Route
 from bridge.features import discovery
 from bridge.features.base import Bus, Feature
@@ -152,13 +154,10 @@ class HomeAssistant(Feature):
         """A retained discovery config under our node id, read at (re)subscription.
 
         One we no longer announce (a device removed from the config, an entity kind
-        dropped) is cleared, so HA removes it. One we still announce may hold the
-        terminal number learned before the restart.
+        dropped) is cleared, so HA removes it. One we still announce is ours to write: what
+        it says is never read back (any client can write it; issue 17: a forged serial number).
         """
-        if not retained or not payload:
-            return
-        if topic in self._announced:
-            self._learn_terminal_from_config(payload)
+        if not retained or not payload or topic in self._announced:
             return
         owner = discovery.owner_name(self._config, payload)
         if owner is not None:
@@ -167,20 +166,6 @@ class HomeAssistant(Feature):
                 log.info("removing %r from Home Assistant: no longer in the config", owner)
             log.debug("clearing %s", topic)
             self._publish(topic, b"", True)
-
-    def _learn_terminal_from_config(self, payload: bytes) -> None:
-        try:
-            device_info = json.loads(payload).get("device", {})
-        except (ValueError, AttributeError):
-            return
-        serial = device_info.get("serial_number") if isinstance(device_info, dict) else None
-        identifiers = device_info.get("identifiers") if isinstance(device_info, dict) else None
-        if not isinstance(serial, str) or " (" not in serial or not isinstance(identifiers, list):
-            return
-        for device in self._config.devices:
-            if identifiers == [f"{discovery.NODE_ID}_{safe_id(device)}"]:
-                self._set_terminal(device, serial.split(" (", 1)[0])
-                return
 
     def observe_state(self, device: str, payload: bytes) -> None:
         """Every state the bridge publishes: learn the device's terminal number from the cloud's reply."""

@@ -1,4 +1,8 @@
-"""`<base>/bridge/info` (retained): version, captures in flight and waiting; published when it changes."""
+"""`<base>/bridge/info` (retained): version, captures in flight and waiting; published when it changes.
+
+Every instance on a base topic writes `<base>/bridge/info` (the last one wins); each also keeps
+its own at `<base>/bridge/instance/<client_id>/info`.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ class BridgeInfo(Feature):
 
     def __init__(self, config: Config, publish: Publish, load: Load, connection: Connection) -> None:
         self._topic = topics.bridge_info_topic(config.mqtt.base_topic)
+        self._own = topics.instance_info_topic(config.mqtt.base_topic, config.mqtt.client_id)
         self._send = publish
         self._load = load
         self._connection = connection
@@ -59,6 +64,7 @@ class BridgeInfo(Feature):
         if force or payload != self._last:
             self._last = payload
             self._send(self._topic, payload, qos=1, retain=True)
+            self._send(self._own, payload, qos=1, retain=True)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._now_and_then())

@@ -2,16 +2,16 @@
 
 It connects (`session`), subscribes (`subscriptions`, `share_probe`), routes what arrives
 (`router`: feature routes, else commands), gates acknowledgements (`inbound`) and publishes
-(`outbound`). paho callbacks only decode and hand over; none blocks or raises. `online` is
-published only once the command subscription is granted: a bridge that cannot hear commands
-does not claim to be there.
+(`outbound`). paho callbacks only decode and hand over; none blocks or raises. `on_listening(True)`
+is said only once the command subscription is granted (and a shared group is verified): a bridge
+that cannot hear commands does not claim to be there. What is published about it is
+features/availability.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +25,7 @@ from bridge.core import topics
 from bridge.core.messages import Command, Route
 from bridge.core.redact import redact
 from bridge.infra.tls import mqtt_context
-from bridge.mqtt.diagnostics import shown
+from bridge.mqtt.diagnostics import RefusedPublishes, shown
 from bridge.mqtt.inbound import InboundGate
 from bridge.mqtt.loop import Client, LoopDriver
 from bridge.mqtt.outbound import PAHO_WINDOW, PublishQueue
@@ -44,9 +44,6 @@ PACKET_OVERHEAD = 16_384
 # invalid_payload, and so do our own retained messages (settings, discovery) when read back.
 MIN_PACKET_PAYLOAD = 4 * 1024 * 1024
 
-ONLINE = json.dumps({"state": "online"}, separators=(",", ":")).encode()
-OFFLINE = json.dumps({"state": "offline"}, separators=(",", ":")).encode()
-
 Held = Command | Callable[[], None]
 
 
@@ -61,6 +58,8 @@ class MqttAdapter:
         routes: Sequence[Route] = (),
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
+        on_listening: Callable[[bool], None] | None = None,
+        will: tuple[str, bytes] | None = None,
         on_retained_command: Callable[[str, bytes], None] | None = None,
         before_ack: Callable[[], bool] | None = None,
         max_payload_bytes: int | None = None,
@@ -71,6 +70,8 @@ class MqttAdapter:
         self._on_command = on_command
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
+        self._on_listening = on_listening
+        self._will = will
         self._on_retained_command = on_retained_command
         self._routes = routes  # read at run(): features register theirs before the bridge starts
         self._router = Router(())
@@ -92,7 +93,9 @@ class MqttAdapter:
         self.subscriptions = Subscriptions(self.client, config, topics.set_filter(self._base, config.shared_group),
                                            self._problems, v5=lambda: self.session.v5, current=self.session.current)
         self._probe = ShareProbe(self.client, self._base, config.shared_group, self._problems,
-                                 on_ok=self._publish_online, on_deaf=self._deaf, current=self.session.current)
+                                 on_ok=lambda: self._listening(True), on_deaf=lambda: self._listening(False),
+                                 current=self.session.current)
+        self._refused = RefusedPublishes()
         self._driver = LoopDriver(self.client, before_read=self.session.peer_is_mqtt, tick=self._tick)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -115,7 +118,8 @@ class MqttAdapter:
         if cfg.tls:
             client.tls_set_context(mqtt_context(cfg))
         client.connect_timeout = cfg.connect_timeout
-        client.will_set(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True)
+        if self._will is not None:
+            client.will_set(self._will[0], self._will[1], qos=1, retain=True)
         client.max_queued_messages_set(0)  # unbounded while offline: states must survive a broker restart
         client.max_inflight_messages_set(PAHO_WINDOW)
         client.on_connect = self._handle_connect
@@ -191,9 +195,9 @@ class MqttAdapter:
             return
         self.listening = True
         if not self._probe.checked:
-            self._probe.start(self.connect_count)  # online once the probe came through
+            self._probe.start(self.connect_count)  # listening once the probe came through
         else:
-            self._publish_online()  # a bridge that cannot hear commands must not look available
+            self._listening(True)  # a bridge that cannot hear commands must not look available
 
     def _resubscribe(self, topic: str) -> None:
         if topic != self.subscriptions.command_filter:
@@ -201,13 +205,13 @@ class MqttAdapter:
         elif self._intake:
             self.subscriptions.commands()
 
-    def _publish_online(self) -> None:
-        self.client.publish(topics.availability_topic(self._base), ONLINE, qos=1, retain=True)
-
-    def _deaf(self) -> None:
-        self.listening = False
-        # Never online on this broker; `offline` also replaces an `online` a previous run left.
-        self.client.publish(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True)
+    def _listening(self, yes: bool) -> None:
+        self.listening = yes
+        if self._on_listening is not None:
+            try:
+                self._on_listening(yes)
+            except Exception:
+                log.exception("on_listening hook failed")
 
     def _handle_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
@@ -272,6 +276,8 @@ class MqttAdapter:
             log.exception("failed to hand over a command", extra={"device": device})
 
     def _handle_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            self._refused.note(self.client.topic_of(mid), reason)
         self.outbound.acked(mid)
         self.inbound.room()
 
@@ -299,19 +305,11 @@ class MqttAdapter:
             self.client.unsubscribe(self.subscriptions.command_filter)
 
     async def close(self, grace: float = 5.0) -> None:
-        """Publish `offline`, wait up to `grace` seconds for outstanding acknowledgements, disconnect."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def offline_acked() -> None:
-            if not done.done():
-                done.set_result(None)
-
+        """Wait up to `grace` seconds for outstanding acknowledgements (the features' last words), disconnect."""
         self.inbound.flush(closing=True)
         if self.connected:
-            self.publish(topics.availability_topic(self._base), OFFLINE, qos=1, retain=True, on_acked=offline_acked)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(done, self.outbound.all_acked()), grace)
+                await asyncio.wait_for(self.outbound.all_acked(), grace)
         self.session.stopping = True
         if self.connected:
             self.session.disconnected.clear()

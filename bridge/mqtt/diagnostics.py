@@ -5,14 +5,18 @@ Each function turns a broker's answer or a topic into a sentence that names what
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.config import MqttConfig
+
+log = logging.getLogger("bridge.mqtt")
 
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK reason; paho also reports a 3.1.1 broker's "refused: version" as it
 
@@ -99,3 +103,26 @@ def response_topic_refusal(topic: str, allowed: Sequence[str], denied: Sequence[
     if not any(paho.topic_matches_sub(sub, topic) for sub in allowed):
         return "matches no filter of mqtt.response_topics"
     return None
+
+
+class RefusedPublishes:
+    """A publish the broker answered with a refusal (MQTT 5 PUBACK >= 0x80, e.g. 0x87 from an ACL).
+
+    It is an answer, not a fault: the connection stays and the message counts as delivered (sending
+    it again would be refused again). Said as one WARNING a minute naming the topic, the rest DEBUG.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._warned = -60.0
+        self.count = 0
+
+    def note(self, topic: str | None, reason: ReasonCode) -> None:
+        """The broker refused our publish to `topic` (None when paho no longer knows it)."""
+        self.count += 1
+        now = self._clock()
+        level = logging.WARNING if now - self._warned >= 60 else logging.DEBUG
+        if level == logging.WARNING:
+            self._warned = now
+        log.log(level, "the broker refused our publish to %s: %s (0x%02X); check its ACL for this client "
+                "(%d refused so far)", shown(topic) if topic else "a topic", reason, reason.value, self.count)

@@ -40,6 +40,12 @@ class Client(paho.Client):
         if not v5:
             self._clean_session = clean_session
 
+    def topic_of(self, mid: int) -> str | None:
+        """The topic of our outgoing message `mid` while paho still holds it (in on_publish)."""
+        message = getattr(self, "_out_messages", {}).get(mid)
+        topic = getattr(message, "topic", None)
+        return topic if isinstance(topic, str) else None
+
     def queued(self) -> int:
         """Messages in paho's outgoing queue (private, but the only count there is)."""
         return len(getattr(self, "_out_messages", ()))

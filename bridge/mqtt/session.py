@@ -58,6 +58,7 @@ class Session:
         self._taken_over = False
         self._drop_lost = False  # the last drop was a lost connection, not a DISCONNECT from the broker
         self._short_drops = 0
+        self._takeover_named = False  # the takeover ERROR is said once per run
 
     def current(self, connection: int) -> bool:
         """Connection number `connection` is still up (timers of an older one do nothing)."""
@@ -173,7 +174,7 @@ class Session:
         """Connect and stay connected until `stop()`; reconnect with backoff."""
         loop = asyncio.get_running_loop()
         delay = self._config.reconnect_min
-        said = [False]  # the takeover ERROR is said once per streak
+        said = [False]  # the short-drop WARNING is said once per streak
         while not self.stopping:
             self._reset_attempt()
             accepted = self.connect_count
@@ -252,10 +253,13 @@ class Session:
         return False
 
     def _was_taken_over(self, delay: float, pause: float, said: list[bool]) -> bool:
-        """After a drop of an accepted connection: True (and logged) when another client took it."""
-        # MQTT 5 may say so (0x8E). On 3.1.1, and with brokers that do not send the reason (Mosquitto
-        # 2.0 just closes the socket), two lost connections in a row, each soon after a successful
-        # connect, are the same sign. "Soon": before the other instance's backoff would bring it back.
+        """After a drop of an accepted connection: True (and logged) when it looks like a takeover.
+
+        Only the broker's own word (MQTT 5 reason 0x8E) names a takeover here; Mosquitto 2.0 just
+        closes the socket, so `another_instance` names one when our instance topic proves it. Two lost
+        connections in a row, each soon after a successful connect, are only said to be short, and
+        backed off ("soon": before another instance's backoff would bring it back).
+        """
         lived = time.monotonic() - self._connected_at
         if not self._taken_over:
             if self._drop_lost and lived < max(5.0, 2.5 * delay):
@@ -265,16 +269,28 @@ class Session:
         if not (self._taken_over or self._short_drops >= 2):
             said[0] = False
             return False
-        client_id = self._config.client_id
-        if not said[0]:
-            said[0] = True
-            what = ("the broker says another client connected with client_id %r and took over the session"
-                    if self._taken_over else
-                    "the broker closed the connection right after connecting, twice in a row: most likely "
-                    "another client with client_id %r took over the session")
-            log.error(what + "; every bridge instance needs its own mqtt.client_id, or set the same "
-                      "mqtt.shared_group on all of them; next try in %.1fs", client_id, pause)
+        if self._taken_over:
+            self._name_takeover(f"the broker says another client connected with client_id {self._config.client_id!r} "
+                                "and took over the session", pause)
+        elif not said[0]:
+            log.warning("the broker closed the connection right after accepting it, twice in a row (its log says "
+                        "why); next try in %.1fs", pause)
         else:
-            log.warning("session taken over again (client_id %r); next try in %.1fs", client_id, pause)
-        # Keep backing off: resetting would fight the other instance once a second forever.
+            log.debug("closed right after connecting again; next try in %.1fs", pause)
+        said[0] = True
+        # Keep backing off: resetting would fight another instance once a second forever.
         return True
+
+    def another_instance(self, evidence: str) -> None:
+        """Proof that another client connects with our client_id (our own instance topic says so)."""
+        self._name_takeover(f"another client connected with client_id {self._config.client_id!r} and took over "
+                            f"the session ({evidence})", None)
+
+    def _name_takeover(self, what: str, pause: float | None) -> None:
+        if self._takeover_named:
+            log.warning("session taken over again (client_id %r)", self._config.client_id)
+            return
+        self._takeover_named = True
+        then = "" if pause is None else f"; next try in {pause:.1f}s"
+        log.error("%s; every bridge instance needs its own mqtt.client_id (to share the work, give each its own "
+                  "client_id and the same mqtt.shared_group)%s", what, then)

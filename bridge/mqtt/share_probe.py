@@ -1,12 +1,11 @@
 """Does the broker honour `$share/<group>/...`? Some grant it but treat it as a plain filter (deaf bridge).
 
-Two probes tell:
-- an empty command on a probe device: the group must deliver it, to us or to a member, which
-  echoes it on `<base>/bridge/probe/<nonce>`; nothing back within SHARE_PROBE_WAIT means deaf;
-- the same on the literal `$share/...` topic, at QoS 0: a broker that honours shared
-  subscriptions never delivers it; one that treats the filter as plain gives it to us at once.
-  QoS 0 because Mosquitto denies a publish to `$share/...`: at QoS 1 that is a PUBACK 0x87 the
-  session then had to carry (issue 17: members reconnecting in a loop); at QoS 0 it is dropped.
+An empty command on a probe device tells: the group must deliver it, to us or to a member,
+which echoes it on `<base>/bridge/probe/<nonce>`; nothing back within SHARE_PROBE_WAIT means deaf.
+Nothing is ever published to a literal `$share/...` topic: Mosquitto denies it (eclipse/mosquitto#2261)
+and brokers that close the connection on a denied or invalid publish would cost us the connection
+(issue 17). A message that does reach us on a `$share/...` topic (from some other client) proves
+the broker takes our filter as a plain one.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ class ShareProbe:
         self._on_ok = on_ok
         self._on_deaf = on_deaf
         self._current = current
-        self._trap: str | None = None  # the "$share/..." topic while a check runs
+        self._checking = False
         self._nonce = ""
         self.checked = group is None
 
@@ -55,26 +54,23 @@ class ShareProbe:
         return f"{self._base}/bridge/probe/{nonce}"
 
     def start(self, connection: int) -> None:
-        """Publish both probes; decide within SHARE_PROBE_WAIT seconds."""
-        if self.checked or self._trap is not None:
+        """Publish the probe command; decide within SHARE_PROBE_WAIT seconds."""
+        if self.checked or self._checking:
             return
-        assert self._group is not None
+        self._checking = True
         self._nonce = uuid.uuid4().hex[:12]
-        probe = topics.command_topic(self._base, SHARE_PROBE_PREFIX + self._nonce)
-        self._trap = f"$share/{self._group}/{probe}"
-        # Not tracked as a subscription of ours: an ACL refusing it only leaves the direct path.
+        # Not tracked as a subscription of ours: an ACL refusing it only leaves the timeout.
         self._client.subscribe(self._echo_topic(self._nonce), qos=1)
-        self._client.publish(self._trap, b"", qos=0)
-        self._client.publish(probe, b"", qos=1)
+        self._client.publish(topics.command_topic(self._base, SHARE_PROBE_PREFIX + self._nonce), b"", qos=1)
         asyncio.get_running_loop().call_later(SHARE_PROBE_WAIT, self._unconfirmed, connection)
 
     def consumed(self, topic: str, device: str | None) -> bool:
         """A message that belongs to a probe (ours or another member's): handled here, True."""
         if topic.startswith("$share/"):
-            if self._trap is not None and topic == self._trap:
+            if self._checking:
                 self._ignored()
             return True
-        if self._trap is not None and topic == self._echo_topic(self._nonce):
+        if self._checking and topic == self._echo_topic(self._nonce):
             self._ok()
             return True
         if device is not None and device.startswith(SHARE_PROBE_PREFIX):
@@ -83,7 +79,7 @@ class ShareProbe:
         return False
 
     def _arrived(self, nonce: str) -> None:
-        if self._trap is not None and nonce == self._nonce:
+        if self._checking and nonce == self._nonce:
             self._ok()
         elif self._group and nonce and "/" not in nonce:
             # Another member's probe reached us through the group: tell it so.
@@ -95,7 +91,7 @@ class ShareProbe:
         self._on_ok()
 
     def _unconfirmed(self, connection: int) -> None:
-        if self._trap is None or not self._current(connection):
+        if not self._checking or not self._current(connection):
             return
         self._ignored(
             f"the broker delivered no probe command through $share/{self._group}/... within "
@@ -113,12 +109,12 @@ class ShareProbe:
 
     def _finish(self) -> None:
         self.checked = True
-        self._trap = None
+        self._checking = False
         self._client.unsubscribe(self._echo_topic(self._nonce))
 
     def connection_lost(self) -> None:
-        """The broker dropped us while the probe was out: do not risk it again."""
-        if self._trap is not None:
-            self._trap = None
-            self.checked = True
-            log.warning("could not verify that the broker honours mqtt.shared_group (disconnected during the check)")
+        """The connection dropped while the probe was out: the next connection checks again.
+
+        The probe is an ordinary command on our own topics, so checking again costs nothing.
+        """
+        self._checking = False

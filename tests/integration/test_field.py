@@ -181,13 +181,13 @@ def test_shared_group_on_a_broker_that_ignores_share_is_an_error(
     config["mqtt"].update(url=f"mqtt://127.0.0.1:{nats}", shared_group="grp")
     config["metrics"] = {"port": port}
     with running_bridge(tmp_path / "bridge", config) as bridge:
-        bridge.wait_log("as a plain topic", timeout=20)
-        line = log_lines(bridge, "as a plain topic")[0]
+        bridge.wait_log("delivered no probe command", timeout=20)
+        line = log_lines(bridge, "delivered no probe command")[0]
         assert " ERROR " in line
         assert "mqtt.shared_group" in line
         status, body = http_answer(f"http://127.0.0.1:{port}/healthz")
         assert status == 503
-        assert "plain topic" in body
+        assert "probe command" in body
 
 
 class _Http400(socketserver.BaseRequestHandler):

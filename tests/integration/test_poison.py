@@ -323,6 +323,153 @@ def test_oversized_payloads_are_refused_small_and_never_delivered_huge(
     assert held < 1_000_000
 
 
+# --- hostile retained discovery configs: identity and topics stay the bridge's own -------------------
+
+
+class Watched:
+    """What the bridge publishes live under its base topic and its discovery prefix, from a point on."""
+
+    def __init__(self, watcher: Probe, base: str, prefix: str) -> None:
+        self.watcher, self.base, self.prefix = watcher, base, prefix
+        self.start = len(watcher.messages)
+
+    def live(self) -> list[Received]:
+        return [m for m in self.watcher.messages[self.start:] if not m.retain]
+
+    def discovery(self) -> dict[str, bytes]:
+        """Topic -> the last payload the bridge published there (live)."""
+        return {m.topic: m.payload for m in self.live() if m.topic.startswith(self.prefix + "/")}
+
+
+def settled(watched: Watched, probe: Probe, cloud: MockCloud) -> None:
+    """A command answered, and its state seen by the watcher: what the bridge announced at start came first."""
+    state_topic = f"{watched.base}/{still_serves(probe, watched.base, cloud, timeout=15)['device']}/capture/state"
+    wait_until(lambda: any(m.topic == state_topic for m in watched.live()), 10, "the watcher caught up")
+
+
+def own_topic(topic: str, base: str, devices: set[str]) -> bool:
+    """One of a configured device's own topics, or the bridge's own."""
+    if topic.startswith(f"{base}/bridge/"):
+        return True
+    level, _, rest = topic.removeprefix(base + "/").partition("/")
+    fresh = len(level) == 36 and level.count("-") == 4  # the GUID topic id of still_serves' command
+    return topic.startswith(base + "/") and rest.startswith("capture/") and (level in devices or fresh)
+
+
+def assert_unchanged(watched: Watched, baseline: dict[str, bytes], hostile: set[str], devices: set[str]) -> None:
+    """Every discovery config is what a clean start announces; only a hostile config's own topic may be cleared."""
+    for topic, payload in watched.discovery().items():
+        if topic in baseline:
+            assert payload == baseline[topic], (topic, payload[:300])
+        else:
+            assert topic in hostile, topic
+            assert payload == b"", (topic, payload[:300])
+    strays = {m.topic for m in watched.live()
+              if not m.topic.startswith(watched.prefix + "/") and not own_topic(m.topic, watched.base, devices)}
+    assert strays == set(), sorted(strays)[:10]
+
+
+def forged(config: bytes, **device: Any) -> bytes:
+    data = json.loads(config)
+    data["device"] = {**data["device"], **device}
+    return json.dumps(data).encode()
+
+
+@pytest.mark.timeout(240)
+def test_a_forged_retained_discovery_config_changes_no_device_identity(
+    start_bridge: StartBridge, probe: Probe, broker: Any, base_topic: str, cloud: MockCloud
+) -> None:
+    """Published retained while the bridge is down: the next start announces exactly what a clean start does."""
+    prefix = f"ha-{base_topic}"
+    overrides = {"homeassistant": {"enabled": True, "prefix": prefix}}
+    watcher = Probe(broker.port)
+    watcher.subscribe(f"{prefix}/#")
+    watcher.subscribe(f"{base_topic}/#")
+    try:
+        watched = Watched(watcher, base_topic, prefix)
+        bridge = start_bridge(overrides)
+        settled(watched, probe, cloud)
+        baseline = watched.discovery()
+        devices = set(bridge.config["devices"])
+        truck = next(t for t, p in baseline.items() if b"truck-12" in t.encode() and b'"device"' in p)
+        assert bridge.stop() == 0
+
+        # The device's own identifiers, a serial number of the form the bridge itself writes.
+        evil = forged(baseline[truck], serial_number="666 (forged)")
+        probe.client.publish(truck, evil, qos=1, retain=True).wait_for_publish(10)
+        watched = Watched(watcher, base_topic, prefix)
+        bridge = start_bridge(overrides)
+        settled(watched, probe, cloud)
+        assert_unchanged(watched, baseline, {truck}, devices)
+        assert set(watched.discovery()) >= set(baseline)  # announced in full
+        serials = {json.loads(p)["device"].get("serial_number") for p in watched.discovery().values() if p}
+        assert not any("666" in str(s) for s in serials), serials
+        assert "Traceback" not in bridge.log_text()
+    finally:
+        watcher.close()
+
+
+hostile_configs = st.one_of(
+    st.binary(max_size=200),
+    st.sampled_from([b"{}", b"[]", b'{"device": 1}', b'{"device": {"identifiers": "x"}}', b"[" * 5000]),
+    st.fixed_dictionaries({}, optional={
+        "serial_number": st.text(max_size=20).map(lambda t: f"{t} (x)"), "name": st.text(max_size=20),
+        "identifiers": st.lists(st.text(max_size=30), max_size=2), "via_device": st.text(max_size=40),
+    }),
+)
+
+
+@pytest.mark.timeout(300)
+def test_fuzzed_retained_discovery_configs_and_memories_keep_identity_and_topics(
+    start_bridge: StartBridge, probe: Probe, broker: Any, base_topic: str, cloud: MockCloud
+) -> None:
+    """A hostile retained discovery config (on a topic the bridge announces, or any other under its node
+    id) or a hostile retained memory, published while the bridge is down: the next start announces what a
+    clean start does and writes nothing outside its devices' own topics."""
+    prefix = f"ha-{base_topic}"
+    overrides = {"homeassistant": {"enabled": True, "prefix": prefix}}
+    watcher = Probe(broker.port)
+    watcher.subscribe(f"{prefix}/#")
+    watcher.subscribe(f"{base_topic}/#")
+    try:
+        watched = Watched(watcher, base_topic, prefix)
+        bridge = start_bridge(overrides)
+        settled(watched, probe, cloud)
+        baseline = watched.discovery()
+        devices = set(bridge.config["devices"])
+        announced = sorted(baseline)
+        node = announced[0].split("/")[2]  # <prefix>/<component>/<node id>/<object id>/config
+
+        @settings(max_examples=15, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+        @given(where=st.sampled_from(announced) | st.sampled_from(["x/y", "button/evil", "../z"]).map(
+                   lambda obj: f"{prefix}/button/{node}/{obj}/config") | st.just("memory"),
+               device=hostile_configs, memory=memories)
+        def hostile(where: str, device: bytes | dict[str, Any], memory: bytes) -> None:
+            nonlocal bridge
+            assert bridge.stop(timeout=20) == 0
+            if where == "memory":
+                topic, payload = f"{base_topic}/bridge/settings", memory
+            elif isinstance(device, dict):
+                topic, payload = where, forged(baseline.get(where, baseline[announced[0]]), **device)
+            else:
+                topic, payload = where, device
+            if not payload:
+                return
+            probe.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+            watched = Watched(watcher, base_topic, prefix)
+            bridge = start_bridge(overrides)
+            settled(watched, probe, cloud)
+            assert_unchanged(watched, baseline, {topic}, devices)
+            assert set(watched.discovery()) >= set(baseline)
+            probe.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+
+        hostile()
+        assert "Traceback" not in bridge.log_text(), bridge.log_text()[-3000:]
+    finally:
+        watcher.close()
+
+
 # --- fuzz: payloads, topics and MQTT 5 properties ------------------------------------------------
 
 

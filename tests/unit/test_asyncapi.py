@@ -13,16 +13,18 @@ from typing import Any
 import pytest
 from jsonschema.exceptions import ValidationError
 
+from bridge.config import Config
 from bridge.core import state as states
 from bridge.core import topics
 from bridge.core.command import parse_command
 from bridge.core.errors import CloudError, ErrorCode, InvalidCommand, UnknownDevice
 from bridge.core.reply import DeviceReply, InstructionReply
 from bridge.core.settings import SettingsStore, built_in, encode
+from bridge.features.availability import OFFLINE, ONLINE, Availability, last_will
 from bridge.features.info import info_payload
 from bridge.features.results import result_topic
-from bridge.mqtt.adapter import OFFLINE, ONLINE
 from tests.support.asyncapi import DOC, validator
+from tests.support.features import Sent, recorder
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 
@@ -66,6 +68,8 @@ def test_channel_addresses_are_the_codes_topics() -> None:
         "settingsSet": topics.settings_set_topic(base, device),
         "settings": topics.settings_topic(base, device),
         "availability": topics.availability_topic(base),
+        "instanceAvailability": topics.instance_state_topic(base, "{client_id}"),
+        "instanceInfo": topics.instance_info_topic(base, "{client_id}"),
         "info": topics.bridge_info_topic(base),
         "rejected": topics.rejected_topic(base),
     }
@@ -131,9 +135,23 @@ def test_the_state_schema_refuses_what_no_state_looks_like() -> None:
             validator("state").validate(broken)
 
 
+class Session:
+    def another_instance(self, evidence: str) -> None:
+        raise AssertionError(evidence)
+
+
 def test_availability_and_info_fit_their_schemas() -> None:
     validator("availability").validate(json.loads(ONLINE))
     validator("availability").validate(json.loads(OFFLINE))
+    group = Config.model_validate({"cloud": {"token": "t"}, "mqtt": {"shared_group": "g"}})
+    validator("availability").validate(json.loads(last_will(group)[1]))
+    sent: Sent = []
+    feature = Availability(group, recorder(sent), Session())
+    feature.listening(True)
+    feature.stop()
+    for _, payload, _ in sent:
+        schema = "availability" if b"run" not in payload else "instanceAvailability"
+        validator(schema).validate(json.loads(payload))
     validator("info").validate(json.loads(info_payload(3, 7)))
     with pytest.raises(ValidationError):
         validator("availability").validate({"state": "maybe"})

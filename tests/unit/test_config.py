@@ -510,3 +510,10 @@ def test_device_ids_that_collide_with_the_bridges_own_are_refused(tmp_path: Path
     assert message.startswith(f"devices.{device}: ")
     assert why in message
     assert "\n" not in message
+
+
+def test_the_bridge_device_id_of_a_client_id_with_unsafe_characters_is_refused_too(tmp_path: Path) -> None:
+    text = (MINIMAL + 'mqtt:\n  client_id: "a b"\n'
+            'devices:\n  "bridge_a_b_c8687a08": a64b2e58-9305-4a01-9c51-092205123945\n')
+    with pytest.raises(ConfigError, match=r"^devices\.bridge_a_b_c8687a08: .*Home Assistant device"):
+        load(tmp_path, text)

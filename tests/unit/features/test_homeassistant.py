@@ -36,7 +36,7 @@ def test_configs_no_longer_announced_are_cleared_once_ours() -> None:
     assert len(sent) == announced + 14
 
 
-def test_terminal_number_joins_the_serial_number_and_survives_a_restart() -> None:
+def test_terminal_number_joins_the_serial_number_from_this_runs_answers_only() -> None:
     feature, sent = make()
     feature.announce()
     state = {"status": "ok", "terminal_num": "804250900200"}
@@ -47,14 +47,15 @@ def test_terminal_number_joins_the_serial_number_and_survives_a_restart() -> Non
     feature.observe_state("truck-12", json.dumps(state).encode())  # nothing new
     assert len(sent) == 18 + 14
 
-    # A restarted bridge reads it back from its retained configs before any capture.
-    retained = {t: p for t, p, _ in sent}
+    # A restarted bridge announces the GUID alone until the cloud names the terminal again: a
+    # retained config, ours or forged, is never read back into the device's identity.
+    forged = {t: p.replace(b"804250900200", b"666") for t, p, _ in sent}
     feature, sent = make()
     feature.announce()
-    for topic, payload in retained.items():
+    for topic, payload in forged.items():
         feature.on_discovery_config(topic, payload, True)
-    serials = {json.loads(p)["device"].get("serial_number") for t, p, _ in sent[18:]}
-    assert serials == {f"804250900200 ({GUID})"}
+    assert len(sent) == 18
+    assert {json.loads(p)["device"].get("serial_number") for t, p, _ in sent if "truck-12" in t} == {GUID}
 
 
 def test_homeassistant_online_announces_again() -> None:

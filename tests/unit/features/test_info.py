@@ -28,3 +28,4 @@ def test_bridge_info_only_when_it_changed() -> None:
     infos = on(sent, "devices/bridge/info")
     assert [(i["in_flight"], i["backlog"]) for i in infos] == [(0, 0), (3, 1), (3, 1)]
     assert all(i["version"] for i in infos)
+    assert on(sent, "devices/bridge/instance/capture-bridge/info") == infos  # this instance's own, alike

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from paho.mqtt.client import DisconnectFlags
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.config import MqttConfig
-from bridge.mqtt.diagnostics import describe_peer, disconnect_reason, jittered, refusal_hint
+from bridge.mqtt.diagnostics import RefusedPublishes, describe_peer, disconnect_reason, jittered, refusal_hint
 
 
 @pytest.mark.parametrize(
@@ -49,3 +51,20 @@ def test_refusals_name_the_setting(name: str, hint: str) -> None:
 
 def test_jitter_stays_within_20_percent() -> None:
     assert all(0.8 <= jittered(10.0) / 10.0 <= 1.2 for _ in range(200))
+
+
+def test_a_refused_publish_is_one_warning_a_minute_naming_the_topic(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    refused = RefusedPublishes(clock=lambda: now[0])
+    denied = ReasonCode(PacketTypes.PUBACK, "Not authorized")
+    with caplog.at_level(logging.DEBUG, logger="bridge.mqtt"):
+        refused.note("replies/denied", denied)
+        now[0] = 30.0
+        refused.note(None, denied)
+        now[0] = 61.0
+        refused.note("replies/denied", denied)
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [lvl for lvl, _ in levels] == [logging.WARNING, logging.DEBUG, logging.WARNING]
+    assert "replies/denied" in levels[0][1]
+    assert "0x87" in levels[0][1]
+    assert "(3 refused so far)" in levels[2][1]
