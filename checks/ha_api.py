@@ -137,12 +137,13 @@ class HomeAssistant:
 
 
 class Socket:
-    """HA's websocket API: commands, and every state_changed event kept in `changes`."""
+    """HA's websocket API: commands; every state_changed event kept in `changes`, registry changes apart."""
 
     def __init__(self, ha: HomeAssistant, session: aiohttp.ClientSession) -> None:
         self.ha = ha
         self.session = session
         self.changes: list[dict[str, Any]] = []
+        self.registry_changes: list[dict[str, Any]] = []  # entity_registry_updated: create, update, remove
         self._id = 0
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -156,13 +157,18 @@ class Socket:
         assert (await self._ws.receive_json())["type"] == "auth_ok"
         self._reader = asyncio.create_task(self._read())
         await self.call("subscribe_events", event_type="state_changed")
+        await self.call("subscribe_events", event_type="entity_registry_updated")
 
     async def _read(self) -> None:
         assert self._ws is not None
         async for message in self._ws:
             data = message.json()
             if data.get("type") == "event":
-                self.changes.append(data["event"]["data"])
+                event = data["event"]
+                if event.get("event_type") == "entity_registry_updated":
+                    self.registry_changes.append(event["data"])
+                else:
+                    self.changes.append(event["data"])
             elif data.get("id") in self._waiting:
                 future = self._waiting.pop(data["id"])
                 if data.get("success", True):

@@ -144,12 +144,16 @@ class Scenario:
     async def migration(self) -> str:
         """The same bridge in device mode: HA keeps every entity, its id, registry entry and history."""
         self.migrated_at = datetime.now(UTC).isoformat()
+        mark = len(self.ws.registry_changes)
         self.bridges[-1].stop()
         self.start_bridge(DEVICES, "device")
 
         async def moved() -> bool:
             return await self.all_entities_available() and await self._registry() == self.before
         await until(moved, 60, "every entity back, with the same registry entry, after the migration")
+        # Moved, not removed and made again (which HA's deleted-entity memory would also give the same ids).
+        removed = [c["entity_id"] for c in self.ws.registry_changes[mark:] if c["action"] == "remove"]
+        assert not removed, f"removed from HA's registry on the way: {removed}"
         registry = await self.ws.call("config/entity_registry/list")
         ours = [e for e in registry if str(e.get("unique_id", "")).startswith(discovery.NODE_ID)]
         assert len(ours) == len(EXPECTED), sorted(e["entity_id"] for e in ours)  # no `_2` duplicates
@@ -160,7 +164,7 @@ class Scenario:
         assert not per_entity, per_entity
         assert all(b"migrate_discovery" not in p for p in retained.values()), "a migrate request stayed retained"
         assert len(retained) == 1 + len(DEVICES), sorted(retained)
-        return (f"{len(EXPECTED)} entities keep their entity ids and registry entries; the history of "
+        return (f"{len(EXPECTED)} entities keep their entity ids and registry entries, never removed; the history of "
                 f"sensor.truck_12_last_capture before the migration {history} is kept; the broker keeps "
                 f"{len(retained)} device configs and no per-entity or migrate message")
 

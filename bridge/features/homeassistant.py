@@ -21,7 +21,8 @@ from bridge.features.base import Bus, Feature
 log = logging.getLogger("bridge.homeassistant")
 
 # After the migrate requests, before the new configs: HA unloads each old entity first (a task per
-# entity), else the new one with the same unique_id would be refused as a duplicate.
+# entity), else the new one with the same unique_id would be refused as a duplicate. A margin: with
+# 46 entities ha-check passes without it, but HA's unload work grows with the fleet.
 MIGRATE_SETTLE = 2.0
 MIGRATE_SETTLE_PER_1000 = 1.0
 
