@@ -187,3 +187,23 @@ def _unique_ids(messages: dict[str, bytes]) -> set[str]:
         for config in data.get("components", {"": data}).values():
             ids.add(config["unique_id"])
     return ids
+
+
+def test_an_old_config_found_after_ready_is_migrated_too_and_a_stale_copy_is_not_migrated_twice() -> None:
+    async def go() -> None:
+        old_feature, old_sent = make(None, ENTITY)
+        old_feature.announce()
+        feature, sent = make(None, DEVICE)
+        feature.ready()
+        announced = len(sent)
+        topic, payload, _ = old_sent[-1]
+        feature.on_discovery_config(topic, payload, True)
+        feature.on_discovery_config(topic, payload, True)  # redelivered while migrating: once is enough
+        assert sent[announced:] == [(topic, MIGRATE, False)]
+        feature.announcer.cancel()
+        feature.announcer._started = -1e9  # the 5 s interval has passed
+        await wait_until_async(lambda: sent[-1] == (topic, b"", True), 2, "the old topic cleared")
+        assert [t for t, _, _ in sent[announced + 1:-1]] == [t for t, _ in device_discovery.announcement(
+            feature._config)]
+
+    run(go())
