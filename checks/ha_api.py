@@ -286,7 +286,7 @@ async def take_screenshot(ha: HomeAssistant, ws: Socket, session: aiohttp.Client
     port = free_port()
     browser = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not awaited
         [chromium, *CHROMIUM_FLAGS, "--window-size=1200,1500", f"--remote-debugging-port={port}",
-         f"--user-data-dir={ha.config_dir.parent / 'chromium-profile'}", "about:blank"],
+         f"--user-data-dir={ha.config_dir / 'chromium-profile'}", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
