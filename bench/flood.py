@@ -3,6 +3,8 @@
 A private Mosquitto, the mock cloud and `python -m bridge run` (see tests/support/flood.py).
 Passes when every command got its final state (live or after one restart), Home Assistant's
 `online` storm was coalesced, and the bridge's RSS after the flood is under `--rss-limit` MB.
+First it reports what one Home Assistant birth costs (discovery messages and bytes) in each
+discovery mode, device-based (the default) and per-entity, for `--devices` cameras.
 Not part of CI; the test suite runs a short version (tests/integration/test_flood.py).
 """
 
@@ -15,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tests.support.broker import Broker
-from tests.support.flood import run_flood
+from tests.support.flood import measure_birth, run_flood
 
 
 def main() -> int:
@@ -32,6 +34,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="capture-flood-") as tmp:
         broker = Broker(Path(tmp) / "broker", extra="max_queued_messages 1000000").start()
         try:
+            births = {mode: measure_birth(broker.port, Path(tmp) / f"birth-{mode}", devices=args.devices,
+                                          discovery=mode) for mode in ("entity", "device")}
+            print(json.dumps({"per_ha_birth": {m: {"messages": b.messages, "bytes": b.bytes}
+                                               for m, b in births.items()}, "devices": args.devices}), flush=True)
             result = run_flood(broker.port, Path(tmp) / "run", commands=args.commands, onlines=args.onlines,
                                devices=args.devices, guids=args.guids, answer_timeout=args.answer_timeout,
                                bridge={"max_in_flight": args.max_in_flight} if args.max_in_flight else None)

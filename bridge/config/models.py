@@ -265,6 +265,8 @@ class HomeAssistantConfig(_Section):
     enabled: bool = True
     prefix: str = "homeassistant"
     status_topic: str = "homeassistant/status"
+    # device: one retained config per camera (HA 2024.11+); entity: one per entity (any HA, other consumers).
+    discovery: Literal["device", "entity"] = "device"
 
 
 class MetricsConfig(_Section):

@@ -52,7 +52,7 @@ def test_home_assistant_discovery_buttons_and_rediscovery(
     prefix = f"ha{uuid.uuid4().hex[:8]}"
     status_topic = f"{prefix}/status"
     start_bridge({
-        "homeassistant": {"enabled": True, "prefix": prefix, "status_topic": status_topic},
+        "homeassistant": {"enabled": True, "prefix": prefix, "status_topic": status_topic, "discovery": "entity"},
         "devices": {"front-cam": {"guid": GUIDS[Behaviour.OK], "name": "Front camera"}},
     })
     probe.subscribe(f"{prefix}/#")
@@ -199,7 +199,7 @@ def test_devices_removed_from_the_config_leave_home_assistant(
     start_bridge: StartBridge, probe: Probe, base_topic: str
 ) -> None:
     prefix = f"ha{uuid.uuid4().hex[:8]}"
-    ha = {"enabled": True, "prefix": prefix, "status_topic": f"{prefix}/status"}
+    ha = {"enabled": True, "prefix": prefix, "status_topic": f"{prefix}/status", "discovery": "entity"}
     two = {"homeassistant": ha, "devices": {"keep": GUIDS[Behaviour.OK], "gone": GUIDS[Behaviour.BUSY]}}
     bridge = start_bridge(two)
     probe.subscribe(f"{prefix}/#")

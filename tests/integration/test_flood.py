@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.flood import run_flood
+from tests.support.flood import measure_birth, run_flood
 
 
 @pytest.mark.timeout(180)
@@ -20,3 +20,14 @@ def test_flood_with_home_assistant_flapping_loses_no_state(broker: Broker, tmp_p
     assert result.announcements <= 6, result.summary()
     assert result.rss_after_mb < 120, result.summary()
     assert "Traceback" not in result.log_tail
+
+
+@pytest.mark.timeout(180)
+def test_a_home_assistant_birth_costs_one_message_per_camera_with_device_discovery(
+    broker: Broker, tmp_path: Path
+) -> None:
+    entity = measure_birth(broker.port, tmp_path / "entity", devices=301, discovery="entity")
+    device = measure_birth(broker.port, tmp_path / "device", devices=301, discovery="device")
+    assert entity.messages == 4 + 14 * 301
+    assert device.messages == 1 + 301  # the bridge device and one per camera
+    assert device.bytes < 0.6 * entity.bytes, (device, entity)

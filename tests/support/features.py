@@ -12,11 +12,12 @@ from tests.support.fakes import GUID
 Sent = list[tuple[str, bytes, bool]]
 
 
-def config_of(devices: dict[str, Any] | None = None, **bridge: Any) -> Config:
-    """A valid config with these devices (default: truck-12) and `bridge` settings."""
+def config_of(devices: dict[str, Any] | None = None, *, homeassistant: dict[str, Any] | None = None,
+              **bridge: Any) -> Config:
+    """A valid config with these devices (default: truck-12), `bridge` and `homeassistant` settings."""
     return Config.model_validate(
         {"cloud": {"token": "t"}, "devices": devices if devices is not None else {"truck-12": GUID},
-         "bridge": bridge}
+         "bridge": bridge, "homeassistant": homeassistant or {}}
     )
 
 

@@ -2,12 +2,15 @@
 
 `run_flood` publishes `commands` capture commands (QoS 1, spread over `guids` GUID topic ids)
 and `onlines` `online` messages on Home Assistant's status topic while `devices` cameras are
-configured (each announcement is ~14 retained discovery messages per camera), then checks:
+configured (each announcement is one discovery message per camera, or 14 with per-entity discovery),
+then checks:
 
 - every command got its final state: live, or after one restart of the bridge (the
   journal and the broker's session hold what was not answered yet);
 - discovery was announced far fewer times than Home Assistant asked (coalesced);
 - the bridge's RSS once the flood is over.
+
+`measure_birth` counts what one Home Assistant birth (`online`) makes the bridge send, per discovery mode.
 
 Used by `make flood` (bench/flood.py, 100,000 commands) and, shorter, by the test suite.
 """
@@ -80,6 +83,7 @@ class Collector:
         self.answered: dict[str, str] = {}  # request_id -> status of its first final state
         self._awaited: set[str] = set()  # what wait_answered waits for and has not seen yet
         self.discovery = 0
+        self.discovery_bytes = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-sub-{uuid.uuid4().hex[:8]}",
@@ -95,9 +99,10 @@ class Collector:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if msg.topic.startswith(self.prefix + "/"):
-            if not msg.retain and msg.payload:
+            if not msg.retain and msg.payload and msg.topic.endswith("/config"):  # not HA's own `online`
                 with self._lock:
                     self.discovery += 1
+                    self.discovery_bytes += len(msg.topic) + len(msg.payload)
             return
         payload = bytes(msg.payload)
         if not payload or b'"status":"pending"' in payload:
@@ -136,8 +141,9 @@ class Collector:
         self.client.loop_stop()
 
 
-def flood_config(broker_port: int, cloud_url: str, workdir: Path, devices: int) -> dict[str, Any]:
-    """Defaults everywhere except what makes the run private: topics, client id, journal, HA prefix."""
+def flood_config(broker_port: int, cloud_url: str, workdir: Path, devices: int,
+                 discovery: str = "device") -> dict[str, Any]:
+    """Defaults everywhere except what makes the run private: topics, client id, journal, HA prefix (and mode)."""
     tag = uuid.uuid4().hex[:8]
     return {
         "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}", "client_id": f"flood-{tag}", "base_topic": f"flood-{tag}",
@@ -145,7 +151,8 @@ def flood_config(broker_port: int, cloud_url: str, workdir: Path, devices: int) 
         "cloud": {"base_url": cloud_url, "username": "demo", "password": "demo-password"},
         "devices": {f"cam-{i:03d}": str(uuid.uuid4()) for i in range(devices)},
         "bridge": {"journal_path": str(workdir / "journal.sqlite"), "shutdown_timeout": 10.0},
-        "homeassistant": {"enabled": True, "prefix": f"ha-{tag}", "status_topic": f"ha-{tag}/status"},
+        "homeassistant": {"enabled": True, "prefix": f"ha-{tag}", "status_topic": f"ha-{tag}/status",
+                          "discovery": discovery},
         "metrics": {"port": free_port()},
         "logging": {"level": "WARNING"},
     }
@@ -224,6 +231,42 @@ def run_flood(broker_port: int, workdir: Path, *, commands: int, onlines: int, d
     finally:
         publisher.disconnect()
         publisher.loop_stop()
+        process.stop(timeout=60)
+        collector.close()
+        cloud.stop()
+
+
+@dataclass
+class Birth:
+    """What one Home Assistant birth made the bridge send: discovery messages and their bytes (topic + payload)."""
+
+    discovery: str
+    devices: int
+    messages: int
+    bytes: int
+
+
+def measure_birth(broker_port: int, workdir: Path, *, devices: int, discovery: str) -> Birth:
+    """Start the bridge, let its first announcement pass, send one `online`, count what it answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cloud = MockCloudProcess(workdir, "--any-device")
+    config = flood_config(broker_port, cloud.url, workdir, devices, discovery)
+    ha = config["homeassistant"]
+    collector = Collector(broker_port, config["mqtt"]["base_topic"], ha["prefix"])
+    process = BridgeProcess(workdir / f"bridge-{discovery}", config).start()
+    try:
+        deadline = time.monotonic() + 60
+        while collector.discovery == 0 or _still_growing(collector):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no discovery announcement at start:\n{process.log_text()[-2000:]}")
+        messages, size = collector.discovery, collector.discovery_bytes
+        collector.client.publish(ha["status_topic"], b"online", qos=1).wait_for_publish(10)
+        deadline = time.monotonic() + 60
+        while collector.discovery == messages or _still_growing(collector):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no announcement after `online`:\n{process.log_text()[-2000:]}")
+        return Birth(discovery, devices, collector.discovery - messages, collector.discovery_bytes - size)
+    finally:
         process.stop(timeout=60)
         collector.close()
         cloud.stop()
