@@ -159,10 +159,24 @@ def try_podman(env: dict[str, str], missing: list[str]) -> Engine | None:
         missing.append("podman: `podman info` fails")
         return None
     version = answers(["podman", "version", "--format", "{{.Client.Version}}"], env) or "?"
+    if not podman_resolves_names(env):
+        dnsname = "golang-github-containernetworking-plugin-dnsname"
+        apt_install([dnsname], "Podman's CNI networks resolve no service names (the bridge could not find "
+                    "`mosquitto`) without the dnsname plugin")
     found = podman_compose(env, missing)
     if found is None:
         return None
     return Engine("podman", found[0], f"Podman {version} + {found[1]}", env)
+
+
+CNI_PLUGIN_DIRS = ["/usr/local/libexec/cni", "/usr/libexec/cni", "/usr/local/lib/cni", "/usr/lib/cni", "/opt/cni/bin"]
+
+
+def podman_resolves_names(env: dict[str, str]) -> bool:
+    """Whether containers on a compose network find each other by name: netavark (with aardvark-dns)
+    does that itself; CNI, Podman 4's other backend, only with the dnsname plugin."""
+    backend = answers(["podman", "info", "--format", "{{.Host.NetworkBackend}}"], env)
+    return backend != "cni" or any(Path(folder, "dnsname").exists() for folder in CNI_PLUGIN_DIRS)
 
 
 def find_engine(prefer: str | None = None, compose: str | None = None) -> Engine:
@@ -266,7 +280,10 @@ def mosquitto_standin(engine: Engine) -> None:
 
 def base_image(engine: Engine, ref: str, standin: str, build: Callable[[Engine], None], rebuild: bool) -> str:
     """`ref` when it is here or can be pulled, else the stand-in (built once, reused by later runs)."""
-    if engine.has_image(ref) or engine("pull", ref, check=False, timeout=300).returncode == 0:
+    if engine.has_image(ref):
+        note(f"base image {ref}: here")
+        return ref
+    if engine("pull", ref, check=False, timeout=300).returncode == 0:
         note(f"base image {ref}: pulled")
         return ref
     if rebuild or not engine.has_image(standin):
@@ -292,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The engine's own CLI is enough here: no compose needed to import an image.
     engine = Engine(args.engine or ("docker" if shutil.which("docker") else "podman"), [], "")
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the tag alone
-        tag = base_image(engine, "eclipse-mosquitto:2", STANDIN_MOSQUITTO, mosquitto_standin, rebuild=False)
+        # Fully qualified: Podman would take a short name for the stand-in itself (it ends the same).
+        tag = base_image(engine, "docker.io/library/eclipse-mosquitto:2", STANDIN_MOSQUITTO, mosquitto_standin,
+                         rebuild=False)
     print(tag)
     return 0
 

@@ -402,6 +402,23 @@ def check_scale_out_run(report: Report, stack: Stack) -> None:
                  f"{done}/6 ok, {posts} POSTs, ok per member {share}")
 
 
+def check_stack_starts(report: Report, stack: Stack) -> bool:
+    """`up -d`, then the broker listens and the bridge reports connected; else the bridge's last log lines."""
+    started = time.monotonic()
+    try:
+        stack.compose("up", "-d")
+        wait_port(stack.broker_port, 60)
+        stack.wait_bridge_ready()
+    except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+        logs = stack.compose("logs", "--tail=20", "bridge", check=False)
+        report.check("the stack starts: broker listening, bridge /healthz 200", False,
+                     f"{type(exc).__name__}: {str(exc)[-800:]}")
+        print((logs.stdout + logs.stderr)[-3000:], flush=True)
+        return False
+    return report.check("the stack starts: broker listening, bridge /healthz 200", True,
+                        f"{time.monotonic() - started:.0f} s")
+
+
 def check_startup_sigterm(report: Report, engine: Engine, image: str) -> None:
     """SIGTERM right after start (before Python has its handlers): the container must still stop."""
     times: list[float] = []
@@ -499,9 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             check_image(report, engine, image)
             check_scale_out_config(report, stack)
-            stack.compose("up", "-d")
-            wait_port(stack.broker_port, 60)
-            stack.wait_bridge_ready()
+            if not check_stack_starts(report, stack):
+                return 1
             steps: list[tuple[str, Callable[[], object]]] = [
                 ("container", lambda: check_container(report, stack)),
                 ("healthcheck", lambda: check_health(report, stack)),
