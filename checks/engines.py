@@ -90,7 +90,7 @@ class Engine:
 def apt_install(packages: list[str], why: str) -> None:
     """Install Debian packages a check needs, where this is a Debian machine and we are root."""
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        raise SystemExit(f"image-check: {why}: install {' '.join(packages)}")
+        raise SystemExit(f"{why}: install {' '.join(packages)}")
     note(f"{why}: apt-get install {' '.join(packages)}")
     run(["apt-get", "update", "-qq"], timeout=900)
     run(["apt-get", "install", "-y", "-qq", *packages], env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
@@ -198,12 +198,12 @@ def find_engine(prefer: str | None = None, compose: str | None = None) -> Engine
             engine.compose_cmd = compose.split()
             out = answers([*engine.compose_cmd, "version"], env)
             if out is None:
-                raise SystemExit(f"image-check: `{compose} version` fails")
+                raise SystemExit(f"`{compose} version` fails: is it installed?")
             engine.version = f"{engine.version.split(' + ')[0]} + {compose} ({out.splitlines()[0]})"
         for line in missing:
             note(f"not used: {line}")
         return engine
-    raise SystemExit("image-check: no usable container engine:\n" + "\n".join(f"  - {line}" for line in missing))
+    raise SystemExit("no usable container engine:\n" + "\n".join(f"  - {line}" for line in missing))
 
 
 # -- Podman on this kind of machine ---------------------------------------------------------------
