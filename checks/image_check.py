@@ -1,6 +1,7 @@
 """`make image-check`: build the image and run docker/compose.yml for real, then check what users rely on.
 
-Docker where an engine answers, else Podman (with podman-compose). One PASS/FAIL line per check,
+Docker Engine with Compose v2 or 1.x where it answers, else Podman with `podman compose` or
+podman-compose (checks/engines.py; `--engine`, `--compose` choose). One PASS/FAIL line per check,
 exit 1 on any FAIL. What the unit tests can only read in the files (tests/unit/test_containers.py),
 this proves on a running stack: commands wait for a stopped bridge, a stop during a capture
 finishes it (one POST, exit 0), `down`/`up` keeps the broker's data, the container runs as a
@@ -11,17 +12,11 @@ mmdebstrap from Debian bookworm (python3 3.11, Debian's mosquitto) and says so: 
 built `--build-arg PYTHON_IMAGE=<stand-in>` and the broker runs the stand-in, nothing else changes.
 """
 
-# A check runs real programs (the container engine and its compose) with arguments it builds itself.
-# ruff: noqa: S603
-
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,10 +31,28 @@ from typing import Any
 
 import yaml
 
+from checks.engines import (
+    STANDIN_MOSQUITTO,
+    STANDIN_PYTHON,
+    Engine,
+    apt_install,
+    base_image,
+    find_engine,
+    mosquitto_standin,
+    podman_limits,
+    python_standin,
+    run,
+)
+from checks.engines import note as engine_note
 from tests.support.broker import free_port, wait_port
 from tests.support.compose import compose_default, grace_seconds, load_yaml
 from tests.support.probe import Probe
 from tests.support.waits import wait_until
+
+# make addon-check imports the engine helpers from here; they live in checks/engines.py, which new
+# checks should import instead.
+__all__ = ["STANDIN_PYTHON", "Engine", "Report", "apt_install", "base_image", "main", "podman_limits",
+           "python_standin"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -49,8 +62,6 @@ PROJECT = "capture-bridge-check"
 BASE = "devices"
 # The mock cloud holds every Instruction this long, like the real cloud waiting for a device.
 LATENCY = 15.0
-STANDIN_PYTHON = "localhost/capture-bridge-standin/python:3.11-slim-bookworm"
-STANDIN_MOSQUITTO = "localhost/capture-bridge-standin/eclipse-mosquitto:2"
 # Polling a container from outside, with a deadline: four times a second.
 POLL = 0.25
 
@@ -83,156 +94,7 @@ class Report:
 
     @staticmethod
     def note(text: str) -> None:
-        print(f"      {text}", flush=True)
-
-
-# -- the engine ---------------------------------------------------------------------------------
-
-
-def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 900, check: bool = True,
-        quiet: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a command; on failure raise with the tail of its output."""
-    proc = subprocess.run(
-        list(cmd), cwd=ROOT, env=env, text=True, capture_output=quiet, timeout=timeout, check=False
-    )
-    if check and proc.returncode != 0:
-        tail = ((proc.stdout or "") + (proc.stderr or ""))[-3000:]
-        raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{tail}")
-    return proc
-
-
-@dataclass
-class Engine:
-    """docker or podman, and the compose that goes with it."""
-
-    name: str
-    compose_cmd: list[str]
-    version: str
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return run([self.name, *args], env=self.env, check=check, timeout=timeout)
-
-    def inspect(self, ref: str, kind: str = "container") -> dict[str, Any]:
-        data = json.loads(self("inspect", "--type", kind, ref).stdout)
-        assert isinstance(data, list)
-        return dict(data[0])
-
-    def has_image(self, ref: str) -> bool:
-        return self("image", "inspect", ref, check=False).returncode == 0
-
-
-def apt_install(packages: list[str], why: str) -> None:
-    """Install Debian packages the check needs, where this is a Debian machine and we are root."""
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        raise SystemExit(f"image-check: {why}: install {' '.join(packages)}")
-    Report.note(f"{why}: apt-get install {' '.join(packages)}")
-    run(["apt-get", "update", "-qq"], timeout=900)
-    run(["apt-get", "install", "-y", "-qq", *packages], env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
-        timeout=1800)
-
-
-def find_engine() -> Engine:
-    docker = bool(shutil.which("docker")) and run(["docker", "info"], check=False, timeout=30).returncode == 0
-    if not docker and not shutil.which("podman"):
-        apt_install(["podman", "runc", "uidmap", "slirp4netns"], "no Docker engine answers and Podman is missing")
-    if docker:
-        version = run(["docker", "version", "--format", "{{.Server.Version}}"]).stdout.strip()
-        return Engine("docker", ["docker", "compose"], f"Docker {version}")
-    if shutil.which("podman") and run(["podman", "info"], check=False, timeout=60).returncode == 0:
-        version = run(["podman", "version", "--format", "{{.Client.Version}}"]).stdout.strip()
-        venv_compose = Path(sys.executable).with_name("podman-compose")
-        if venv_compose.exists():
-            compose = [str(venv_compose)]
-        elif shutil.which("podman-compose"):
-            compose = ["podman-compose"]
-        else:
-            raise SystemExit("image-check: podman found but not podman-compose: pip install podman-compose")
-        return Engine("podman", compose, f"Podman {version} + podman-compose")
-    raise SystemExit("image-check: no container engine answers (docker info / podman info)")
-
-
-# -- base images --------------------------------------------------------------------------------
-
-
-def podman_limits(engine: Engine, image: str) -> None:
-    """Run a trivial container; where Podman's default rlimits exceed this machine's hard limits
-    (its containers then fail to start), use a containers.conf that asks for what the machine has."""
-    probe = engine("run", "--rm", "--network", "none", "--entrypoint", "true", image, check=False, timeout=120)
-    if probe.returncode == 0 or "rlimit" not in probe.stderr:
-        return
-    import resource
-
-    nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 20)
-    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 1 << 15)
-    conf = Path(tempfile.gettempdir()) / "capture-bridge-image-check.containers.conf"
-    runtime = '[engine]\nruntime = "runc"\n' if shutil.which("runc") else ""
-    conf.write_text(f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
-                    f"{runtime}", encoding="utf-8")
-    engine.env["CONTAINERS_CONF"] = str(conf)
-    Report.note(f"podman cannot start containers with its default rlimits here; using CONTAINERS_CONF={conf} "
-                f"(nofile {nofile}, nproc {nproc}{', runtime runc' if runtime else ''})")
-    engine("run", "--rm", "--network", "none", "--entrypoint", "true", image, timeout=120)
-
-
-def debian_mirror() -> str:
-    """The Debian mirror apt uses on this machine (the stand-ins come from the same place)."""
-    texts = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for path in texts:
-        with contextlib.suppress(OSError):
-            text = path.read_text(encoding="utf-8")
-            match = re.search(r"(?:^URIs:\s*|^deb\s+(?:\[[^]]*\]\s+)?)(\S+/debian)/?\s", text, re.MULTILINE)
-            if match:
-                return match.group(1)
-    return "http://deb.debian.org/debian"
-
-
-def build_standin(engine: Engine, tag: str, packages: list[str], hooks: list[str], changes: list[str]) -> None:
-    """Debian bookworm with `packages`, imported as `tag`."""
-    if not shutil.which("mmdebstrap"):
-        apt_install(["mmdebstrap"], "no registry reachable and no mmdebstrap to build a stand-in")
-    with tempfile.TemporaryDirectory(prefix="standin-") as tmp:
-        tar = Path(tmp) / "rootfs.tar"
-        run(["mmdebstrap", "--variant=apt", "--include=" + ",".join(packages),
-             *(f"--customize-hook={hook}" for hook in hooks), "bookworm", str(tar), debian_mirror()], timeout=1800)
-        change_args = [arg for change in changes for arg in ("--change", change)]
-        engine("import", *change_args, str(tar), tag)
-
-
-def python_standin(engine: Engine) -> None:
-    # Like python:3.11-slim-bookworm: python3 3.11 with venv and pip. This machine reaches PyPI
-    # through a TLS-inspecting proxy, so the stand-in trusts the same CA bundle the host does.
-    hooks = ['cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/ca-certificates.crt"',
-             'printf "[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n" > "$1/etc/pip.conf"']
-    build_standin(engine, STANDIN_PYTHON, ["python3", "python3-venv", "python3-pip", "ca-certificates"], hooks,
-                  ["ENV LANG=C.UTF-8", 'CMD ["python3"]'])
-
-
-def mosquitto_standin(engine: Engine) -> None:
-    # Like eclipse-mosquitto:2: the broker as PID 1 reading /mosquitto/config, data in /mosquitto/data
-    # owned by the mosquitto user it drops to.
-    hooks = ['mkdir -p "$1/mosquitto/config" "$1/mosquitto/data" "$1/mosquitto/log"',
-             'chroot "$1" chown -R mosquitto:mosquitto /mosquitto/data /mosquitto/log',
-             'printf "listener 1883\\nallow_anonymous true\\n" > "$1/mosquitto/config/mosquitto.conf"']
-    build_standin(engine, STANDIN_MOSQUITTO, ["mosquitto"], hooks,
-                  ["EXPOSE 1883", 'CMD ["/usr/sbin/mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]'])
-
-
-def base_image(engine: Engine, ref: str, standin: str, build: Callable[[Engine], None], rebuild: bool) -> str:
-    """`ref` when it can be pulled, else the stand-in (built once, reused by later runs)."""
-    if engine.has_image(ref) or engine("pull", ref, check=False, timeout=300).returncode == 0:
-        Report.note(f"base image {ref}: pulled")
-        return ref
-    if rebuild or not engine.has_image(standin):
-        Report.note(f"base image {ref}: cannot be pulled (no registry reachable); building stand-in {standin} "
-                    f"with mmdebstrap from Debian bookworm ({debian_mirror()})")
-        started = time.monotonic()
-        build(engine)
-        Report.note(f"stand-in {standin} built in {time.monotonic() - started:.0f} s")
-    else:
-        Report.note(f"base image {ref}: cannot be pulled (no registry reachable); using stand-in {standin} "
-                    "built earlier by image-check (--rebuild-standins to refresh)")
-    return standin
+        engine_note(text)
 
 
 # -- the stack ----------------------------------------------------------------------------------
@@ -546,6 +408,23 @@ def check_scale_out_run(report: Report, stack: Stack) -> None:
                  f"{done}/6 ok, {posts} POSTs, ok per member {share}")
 
 
+def check_stack_starts(report: Report, stack: Stack) -> bool:
+    """`up -d`, then the broker listens and the bridge reports connected; else the bridge's last log lines."""
+    started = time.monotonic()
+    try:
+        stack.compose("up", "-d")
+        wait_port(stack.broker_port, 60)
+        stack.wait_bridge_ready()
+    except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+        logs = stack.compose("logs", "--tail=20", "bridge", check=False)
+        report.check("the stack starts: broker listening, bridge /healthz 200", False,
+                     f"{type(exc).__name__}: {str(exc)[-800:]}")
+        print((logs.stdout + logs.stderr)[-3000:], flush=True)
+        return False
+    return report.check("the stack starts: broker listening, bridge /healthz 200", True,
+                        f"{time.monotonic() - started:.0f} s")
+
+
 def check_startup_sigterm(report: Report, engine: Engine, image: str) -> None:
     """SIGTERM right after start (before Python has its handlers): the container must still stop."""
     times: list[float] = []
@@ -594,10 +473,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the stack running (and its volumes) at the end")
     parser.add_argument("--rebuild-standins", action="store_true", help="rebuild the stand-in base images")
+    parser.add_argument("--engine", choices=["docker", "podman"], help="use only this engine (default: Docker "
+                        "where it answers and has a compose, else Podman)")
+    parser.add_argument("--compose", help="the compose command to use, e.g. docker-compose where Compose v2 is "
+                        "installed too (default: docker compose, else docker-compose; podman compose, else "
+                        "podman-compose)")
     args = parser.parse_args(argv)
 
     report = Report()
-    engine = find_engine()
+    engine = find_engine(args.engine, args.compose)
     print(f"image-check with {engine.version}", flush=True)
     compose = load_yaml(COMPOSE)
     python_ref = pinned_python_image()
@@ -638,9 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             check_image(report, engine, image)
             check_scale_out_config(report, stack)
-            stack.compose("up", "-d")
-            wait_port(stack.broker_port, 60)
-            stack.wait_bridge_ready()
+            if not check_stack_starts(report, stack):
+                return 1
             steps: list[tuple[str, Callable[[], object]]] = [
                 ("container", lambda: check_container(report, stack)),
                 ("healthcheck", lambda: check_health(report, stack)),

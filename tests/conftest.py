@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from bridge.sim.behaviours import DEMO_PASSWORD, DEMO_USER, Behaviour, Fault
 from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import BridgeProcess, deep_merge
-from tests.support.broker import Broker, DockerBroker, docker_available, mosquitto_binary
+from tests.support.broker import Broker, mosquitto_binary
 from tests.support.commands import is_online
 from tests.support.configs import GUIDS, bridge_config
 from tests.support.probe import Probe
@@ -22,17 +23,51 @@ from tests.support.probe import Probe
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One private Mosquitto for the whole run (tests keep apart by topic).
 
-    Without one (no Docker engine, no mosquitto), every test that needs it is skipped with one
+    A container from testcontainers with CAPTURE_BRIDGE_TEST_DOCKER=1 where a Docker API answers,
+    else the local mosquitto. Without either, every test that needs it is skipped with one
     reason saying what to install, instead of erroring one by one.
     """
-    if not docker_available():
+    b: Any
+    if wants_container_broker():
+        from tests.support.container_broker import DockerBroker
+
+        b = DockerBroker(tmp_path_factory.mktemp("mosquitto")).start()
+    else:
         try:
             mosquitto_binary()
         except RuntimeError as exc:
             pytest.skip(str(exc))
-    b: Any = DockerBroker().start() if docker_available() else Broker(tmp_path_factory.mktemp("mosquitto")).start()
+        b = Broker(tmp_path_factory.mktemp("mosquitto")).start()
     yield b
     b.stop()
+
+
+def wants_container_broker() -> bool:
+    """CAPTURE_BRIDGE_TEST_DOCKER=1 and a Docker API answers (testcontainers is imported only then)."""
+    if os.environ.get("CAPTURE_BRIDGE_TEST_DOCKER") != "1":
+        return False
+    from tests.support.container_broker import docker_available
+
+    return docker_available()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Asked for a container broker where none can run: one line and stop, not the local broker instead."""
+    if os.environ.get("CAPTURE_BRIDGE_TEST_DOCKER") == "1" and not wants_container_broker():
+        pytest.exit(f"CAPTURE_BRIDGE_TEST_DOCKER=1 but no Docker API answers at "
+                    f"{os.environ.get('DOCKER_HOST', 'the default socket')}: start Docker (or `podman system "
+                    "service` and point DOCKER_HOST at its socket), or unset CAPTURE_BRIDGE_TEST_DOCKER",
+                    returncode=4)
+
+
+def pytest_report_header() -> str:
+    """Which broker the suite shares: a line in the run's header, so a log says what ran."""
+    if not wants_container_broker():
+        return "broker: local mosquitto"
+    from tests.support.container_broker import IMAGE_ENV
+
+    return (f"broker: testcontainers, image {os.environ.get(IMAGE_ENV, 'eclipse-mosquitto:2')}, "
+            f"Docker API at {os.environ.get('DOCKER_HOST', 'the default socket')}")
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,12 @@
 """A private Mosquitto for tests: its own port, config and persistence directory.
 
-Where a Docker engine answers, testcontainers' Mosquitto image is used instead
-(set CAPTURE_BRIDGE_TEST_DOCKER=1); these machines have none, so the local
-`mosquitto` binary is the default.
+The local `mosquitto` binary. With CAPTURE_BRIDGE_TEST_DOCKER=1 and a Docker API that answers,
+the suite's shared broker is a container instead (tests/support/container_broker.py).
 """
 
 from __future__ import annotations
 
 import getpass
-import importlib
-import os
 import re
 import shutil
 import socket
@@ -45,6 +42,21 @@ def mosquitto_binary() -> str:
     if found is None:
         raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients")
     return found
+
+
+def mosquitto_settings(persistence_location: str) -> list[str]:
+    """What every test Mosquitto runs with, local or in a container (tests/support/container_broker.py)."""
+    return [
+        "persistence true",
+        f"persistence_location {persistence_location}",
+        "persistence_file mosquitto.db",
+        "autosave_interval 1",
+        # Back-pressure and flood tests queue tens of thousands of messages for one client.
+        "max_queued_messages 100000",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+    ]
 
 
 @dataclass
@@ -86,14 +98,7 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             f"allow_anonymous {'false' if self.password_file else 'true'}",
-            "persistence true",
-            f"persistence_location {self.workdir}/",
-            "persistence_file mosquitto.db",
-            "autosave_interval 1",
-            "max_queued_messages 100000",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
+            *mosquitto_settings(f"{self.workdir}/"),
             f"log_dest file {self.log_path}",
         ]
         if self.password_file:
@@ -144,53 +149,3 @@ class Broker:
     def log_text(self) -> str:
         """What mosquitto logged (for failure messages)."""
         return self.log_path.read_text() if self.log_path.exists() else ""
-
-
-def docker_available() -> bool:
-    """True when the tests were asked to use Docker and an engine answers."""
-    if os.environ.get("CAPTURE_BRIDGE_TEST_DOCKER") != "1":
-        return False
-    try:
-        # importlib: the repository's own docker/ folder would confuse a static import for mypy.
-        docker = importlib.import_module("docker")
-        docker.from_env().ping()
-        return True
-    except Exception:
-        return False
-
-
-class DockerBroker:
-    """testcontainers' Mosquitto (eclipse-mosquitto:2), for machines with a Docker engine.
-
-    It cannot be restarted on the same port, so the broker-restart test skips with it.
-    """
-
-    tls = None
-
-    def __init__(self) -> None:
-        from testcontainers.community.mqtt import MosquittoContainer
-
-        self._container = MosquittoContainer("eclipse-mosquitto:2")
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        """mqtt:// URL of the mapped port."""
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> DockerBroker:
-        """Start the container and map its port."""
-        self._container.start()
-        self.port = int(self._container.get_exposed_port(1883))
-        wait_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        """Remove the container."""
-        self._container.stop()
-
-    def restart(self) -> None:
-        """Not possible on the same mapped port."""
-        import pytest
-
-        pytest.skip("broker restart needs the local mosquitto binary")

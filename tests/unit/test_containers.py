@@ -94,6 +94,16 @@ def test_default_bridge_is_not_in_a_shared_group() -> None:
         assert "profiles" not in svc, name
 
 
+def test_the_project_name_is_set_in_a_way_every_compose_reads() -> None:
+    """Compose 1.x (Debian 12's docker-compose 1.29) refuses a top-level `name:`; COMPOSE_PROJECT_NAME
+    in the .env beside the compose files names the project for Compose v2, 1.x and podman-compose."""
+    assert "name" not in compose()
+    assert "name" not in scale_out()
+    lines = (DOCKER / ".env").read_text(encoding="utf-8").splitlines()
+    settings = dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+    assert settings == {"COMPOSE_PROJECT_NAME": "capture-bridge"}
+
+
 def test_grace_period_outlasts_shutdown_timeout_plus_a_cloud_call() -> None:
     for data in (compose(), scale_out()):
         for name, svc in bridges(data).items():
