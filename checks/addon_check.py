@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from bridge.sim.behaviours import DEMO_PASSWORD, DEMO_USER
-from checks.image_check import STANDIN_PYTHON, Engine, Report, apt_install, base_image, podman_limits, python_standin
+from checks.engines import STANDIN_PYTHON, Engine, apt_install, base_image, podman_limits, python_standin
+from checks.image_check import Report
 from tests.support.broker import Broker, free_port
 from tests.support.cloud_proc import MockCloudProcess
 from tests.support.commands import is_online, send

@@ -35,7 +35,6 @@ from checks.engines import (
     STANDIN_MOSQUITTO,
     STANDIN_PYTHON,
     Engine,
-    apt_install,
     base_image,
     find_engine,
     mosquitto_standin,
@@ -48,11 +47,6 @@ from tests.support.broker import free_port, wait_port
 from tests.support.compose import compose_default, grace_seconds, load_yaml
 from tests.support.probe import Probe
 from tests.support.waits import wait_until
-
-# make addon-check imports the engine helpers from here; they live in checks/engines.py, which new
-# checks should import instead.
-__all__ = ["STANDIN_PYTHON", "Engine", "Report", "apt_install", "base_image", "main", "podman_limits",
-           "python_standin"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
