@@ -13,16 +13,18 @@ from dataclasses import dataclass
 from bridge import __version__
 from bridge.config import CloudConfig, Config
 from bridge.core.errors import ConfigError
-from bridge.core.settings import SettingsStore
+from bridge.core.settings import SettingsStore, StoreError
 from bridge.features.base import Bus, Feature, register
 from bridge.features.homeassistant import HomeAssistant
 from bridge.features.info import BridgeInfo
+from bridge.features.legacy_settings import LegacySettings
 from bridge.features.results import ResultTopics
 from bridge.features.settings import DeviceSettings
 from bridge.features.startup import StartupGate
 from bridge.infra.cloud import CloudClient, LoginCheck
 from bridge.infra.journal import Journal, JournalError
 from bridge.infra.metrics import Metrics
+from bridge.infra.settings_db import SettingsDb
 from bridge.infra.tls import cloud_context
 from bridge.infra.transport import AiohttpTransport
 from bridge.mqtt.adapter import MqttAdapter
@@ -37,6 +39,7 @@ class Parts:
     config: Config
     http: AiohttpTransport
     journal: Journal | None
+    settings_db: SettingsDb
     metrics: Metrics
     login: LoginCheck
     adapter: MqttAdapter
@@ -68,6 +71,14 @@ def open_journal(config: Config) -> Journal | None:
         raise ConfigError(f"bridge.journal_path: {exc}") from None
 
 
+def open_settings(config: Config) -> SettingsDb:
+    """The settings store, beside the journal (before the journal, which marks its file as ours)."""
+    try:
+        return SettingsDb(config.settings_file(), journal=config.journal_file())
+    except StoreError as exc:
+        raise ConfigError(f"bridge.journal_path: settings store: {exc}") from None
+
+
 def raise_fd_limit(wanted: int) -> None:
     """Each in-flight call holds a socket: lift the soft open-files limit toward the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -77,12 +88,14 @@ def raise_fd_limit(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def features(config: Config, store: SettingsStore, adapter: MqttAdapter, service: CaptureService,
+def features(config: Config, store: SettingsStore, db: SettingsDb, adapter: MqttAdapter, service: CaptureService,
              gate: StartupGate) -> tuple[Feature, ...]:
     """Every feature, in the order they subscribe and hear events: add a new one here."""
+    settings = DeviceSettings(config, adapter.publish, store, db)
     found: list[Feature] = [
         gate,
-        DeviceSettings(config, adapter.publish, store),
+        settings,
+        LegacySettings(config, adapter.publish, settings, db, lambda: gate.synced),
         BridgeInfo(config, adapter.publish, service, adapter),
     ]
     if config.homeassistant.enabled:
@@ -97,10 +110,12 @@ def bootstrap(config: Config) -> Parts:
     bus = Bus()
     http = make_http(config.cloud, config.bridge.max_in_flight)
     cloud = CloudClient(http, config.cloud)
+    settings_db = open_settings(config)
     journal = open_journal(config)
     metrics = Metrics()
     metrics.watch_transport(lambda: http.dns_lookups, lambda: http.connections_opened)
-    store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
+    store = SettingsStore(config.guids(), {name: entry.defaults for name, entry in config.devices.items()},
+                          config.limits(), config.bridge.guid_topic_ids)
     ha = config.homeassistant
     adapter = MqttAdapter(
         config.mqtt,
@@ -137,6 +152,7 @@ def bootstrap(config: Config) -> Parts:
     )
     bus.commit_with(service.flush)
     gate = StartupGate(config, service, adapter.publish)
-    registered = features(config, store, adapter, service, gate)
+    registered = features(config, store, settings_db, adapter, service, gate)
     register(bus, registered)
-    return Parts(config, http, journal, metrics, LoginCheck(cloud, config.cloud), adapter, service, gate, registered)
+    return Parts(config, http, journal, settings_db, metrics, LoginCheck(cloud, config.cloud), adapter, service,
+                 gate, registered)

@@ -177,7 +177,8 @@ async def _capture_once(
 ) -> dict[str, Any]:
     # The config's per-device defaults fill what is left out (the settings chosen over MQTT live
     # in the running bridge, which this command does not contact).
-    store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
+    store = SettingsStore(config.guids(), {name: entry.defaults for name, entry in config.devices.items()},
+                          config.limits(), config.bridge.guid_topic_ids)
     rules = Rules(config.guids(), config.bridge.guid_topic_ids, config.limits(), config.bridge.max_payload_bytes,
                   store.current)
     taken = take(device, _command_bytes(payload, options, config.bridge.max_payload_bytes), rules)

@@ -1,0 +1,162 @@
+"""The settings users chose, kept in a small SQLite (WAL) file of the bridge's own.
+
+No MQTT client can write here: this is the authority, and the broker only gets copies (each
+device's retained `capture/settings`). One row per device, keyed by its GUID in lower case;
+a change is one upsert. Changes that must wait their turn (behind held commands) are kept in
+`queued` from the moment they arrive, so one acknowledged to the broker is never lost, even
+if the bridge stops before its turn. Writes collect in memory and `commit()` applies them in
+one transaction; the bridge commits before it acknowledges a settings change, and once per
+event-loop pass. `synchronous=NORMAL` in WAL mode, like the journal: a killed process loses
+nothing committed; a power cut may lose the last commits.
+
+The file lives beside the command journal (`Config.settings_file()`), and is used whether or
+not the journal is on. `meta.state` says whether the bridge still has to import the settings
+an older bridge kept retained on the broker (see `bridge/features/legacy_settings.py`): set
+once, when the file is created, from whether the journal file of an older bridge is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+
+from bridge.core.settings import QueuedChange, Settings, StoredDevice, StoredSettings, StoreError
+from bridge.infra.journal import written_by_an_older_bridge
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS settings (device TEXT PRIMARY KEY, choices TEXT NOT NULL, topic TEXT NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS queued (id INTEGER PRIMARY KEY, device TEXT NOT NULL, partial TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+READY = "ready"
+IMPORT_LEGACY = "import-legacy"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _object(text: str) -> Settings:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError("not a JSON object")
+    return value
+
+
+class SettingsDb:
+    """The durable settings store (implements `bridge.core.settings.SettingsRecord`)."""
+
+    def __init__(self, path: Path | str, *, journal: Path | None = None) -> None:
+        self._path = str(path)
+        self._puts: dict[str, tuple[str, str] | None] = {}  # key -> (choices, topic); None: delete
+        self._queued: dict[int, tuple[str, str]] = {}  # not committed yet
+        self._applied: list[tuple[int]] = []
+        self._state: str | None = None  # to write
+        try:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            # Only the event-loop thread touches it; autocommit, transactions are ours (see commit).
+            self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open {self._path}: {_reason(exc)}") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in SCHEMA:
+                self._db.execute(statement)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+            if row is None:
+                # Created now: an upgrade imports the older bridge's broker memory once; a fresh install never.
+                state = IMPORT_LEGACY if journal is not None and written_by_an_older_bridge(journal) else READY
+                self._db.execute("INSERT INTO meta (key, value) VALUES ('state', ?)", (state,))
+            self._db.execute("COMMIT")
+            self._next_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM queued").fetchone()[0]) + 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            raise StoreError(f"cannot open {self._path}: {_reason(exc)}") from None
+
+    @property
+    def path(self) -> str:
+        """Where the settings live."""
+        return self._path
+
+    def load(self) -> StoredSettings:
+        """Every device's row and the changes still queued (a row that cannot be read is skipped)."""
+        try:
+            rows = self._db.execute("SELECT device, choices, topic FROM settings").fetchall()
+            queued = self._db.execute("SELECT id, device, partial FROM queued ORDER BY id").fetchall()
+            state = self._db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self._path}: {_reason(exc)}") from None
+        stored = StoredSettings(import_legacy=state is not None and state[0] == IMPORT_LEGACY)
+        for key, choices, topic in rows:
+            with contextlib.suppress(ValueError, TypeError):
+                stored.devices[str(key)] = StoredDevice(_object(choices), str(topic))
+        for change_id, device, partial in queued:
+            with contextlib.suppress(ValueError, TypeError):
+                stored.queued.append(QueuedChange(int(change_id), str(device), _object(partial)))
+        return stored
+
+    def put(self, key: str, choices: Settings, topic: str) -> None:
+        """Keep a device's choices (none: its row goes); durable at the next commit."""
+        self._puts[key] = (json.dumps(choices, separators=(",", ":")), topic) if choices else None
+
+    def queue(self, device: str, partial: Settings) -> int:
+        """Keep a change that waits for its turn; returns its id (durable at the next commit)."""
+        change_id = self._next_id
+        self._next_id += 1
+        self._queued[change_id] = (device, json.dumps(partial, separators=(",", ":")))
+        return change_id
+
+    def applied(self, change_id: int) -> None:
+        """A queued change had its turn: forget it (never written at all if that was in the same commit)."""
+        if self._queued.pop(change_id, None) is None:
+            self._applied.append((change_id,))
+
+    def imported(self) -> None:
+        """The one-time import of the legacy broker memory is over."""
+        self._state = READY
+
+    @property
+    def dirty(self) -> bool:
+        """Writes wait for a commit."""
+        return bool(self._puts or self._queued or self._applied or self._state)
+
+    def commit(self) -> None:
+        """Apply every write since the last commit in one transaction; StoreError (writes kept) if it fails."""
+        if not self.dirty:
+            return
+        db = self._db
+        upserts = [(key, put[0], put[1]) for key, put in self._puts.items() if put is not None]
+        deletes = [(key,) for key, put in self._puts.items() if put is None]
+        try:
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO settings (device, choices, topic) VALUES (?, ?, ?) ON CONFLICT(device)"
+                           " DO UPDATE SET choices = excluded.choices, topic = excluded.topic", upserts)
+            db.executemany("DELETE FROM settings WHERE device = ?", deletes)
+            db.executemany("INSERT INTO queued (id, device, partial) VALUES (?, ?, ?)",
+                           [(i, device, partial) for i, (device, partial) in self._queued.items()])
+            db.executemany("DELETE FROM queued WHERE id = ?", self._applied)
+            if self._state is not None:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'state'", (self._state,))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise StoreError(f"cannot write {self._path}: {_reason(exc)}") from None
+        self._puts, self._queued, self._applied, self._state = {}, {}, [], None
+
+    def close(self) -> None:
+        """Commit what can be committed and close."""
+        try:
+            self.commit()
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
