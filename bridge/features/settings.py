@@ -184,7 +184,7 @@ class DeviceSettings(Feature):
         self._publish_device(key, device)
 
     def _refused(self, key: str, device: str) -> bool:
-        """A new GUID-only device past `bridge.max_guid_settings` (one WARNING until there is room again)."""
+        """A new GUID-only device past `bridge.max_guid_settings` (one WARNING a run, the rest DEBUG)."""
         if self.store.configured(key) or key in self._guids or len(self._guids) < self._max_guids:
             return False
         level = logging.DEBUG if self._cap_warned else logging.WARNING
@@ -230,8 +230,6 @@ class DeviceSettings(Feature):
         else:
             self._topics.pop(key, None)
             self._guids.discard(key)
-            if len(self._guids) < self._max_guids:
-                self._cap_warned = False
         if write:
             self._record.put(key, dict(choices), home)
 

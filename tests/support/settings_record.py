@@ -1,8 +1,10 @@
-"""An in-memory `SettingsRecord` (the durable settings store's Protocol) for feature unit tests."""
+"""Settings store helpers: an in-memory `SettingsRecord` for feature unit tests, an older journal, peak RSS."""
 
 from __future__ import annotations
 
 import copy
+import sqlite3
+from pathlib import Path
 
 from bridge.core.settings import QueuedChange, Settings, StoredDevice, StoredSettings, StoreError
 
@@ -61,3 +63,21 @@ class FakeRecord:
         """What is durable for a device."""
         row = self.committed.devices.get(key)
         return None if row is None else row.choices
+
+
+def write_older_journal(path: Path) -> None:
+    """A journal file as a bridge that kept settings on the broker left it (schema, no user_version)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE commands (id INTEGER PRIMARY KEY, device TEXT NOT NULL, payload BLOB NOT NULL,"
+               " response_topic TEXT, correlation BLOB, state BLOB, sent INTEGER NOT NULL DEFAULT 0)")
+    db.commit()
+    db.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The highest resident memory a live process has had (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")

@@ -129,9 +129,12 @@ def test_past_the_cap_a_new_guid_is_refused_with_one_warning(caplog: pytest.LogC
     assert record.choices(guids[0]) == {"count": 3}
     change(feature, "truck-12", b'{"count":3}')  # configured devices are not capped
     assert record.choices(GUID) == {"count": 3}
-    change(feature, guids[1], b'{"count":1}')  # room again...
-    change(feature, guids[-1], b'{"count":5}')
+    with caplog.at_level(logging.WARNING):
+        change(feature, guids[1], b'{"count":1}')  # back to the defaults: room again...
+        change(feature, guids[-1], b'{"count":5}')
+        change(feature, guids[-2], b'{"count":5}')
     assert record.choices(guids[-1]) == {"count": 5}
+    assert len([r for r in caplog.records if "max_guid_settings" in r.getMessage()]) == 1  # still one a run
 
 
 def test_a_change_while_commands_are_held_waits_its_turn_and_is_durable_meanwhile() -> None:

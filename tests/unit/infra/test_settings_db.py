@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from bridge.core.settings import StoreError
 from bridge.infra.journal import Journal, written_by_an_older_bridge
 from bridge.infra.settings_db import SettingsDb
+from tests.support.settings_record import write_older_journal
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 
@@ -90,21 +90,12 @@ def test_a_path_that_cannot_be_a_database_is_one_line(tmp_path: Path) -> None:
         SettingsDb(tmp_path / "garbage.sqlite")
 
 
-def older_journal(path: Path) -> None:
-    """A journal as a bridge before the settings store left it (no user_version)."""
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE commands (id INTEGER PRIMARY KEY, device TEXT NOT NULL, payload BLOB NOT NULL,"
-               " response_topic TEXT, correlation BLOB, state BLOB, sent INTEGER NOT NULL DEFAULT 0)")
-    db.commit()
-    db.close()
-
-
 def test_an_upgrade_imports_once_and_a_fresh_install_never(tmp_path: Path) -> None:
     fresh = SettingsDb(tmp_path / "fresh.settings.sqlite", journal=tmp_path / "none.sqlite")
     assert not fresh.load().import_legacy
 
     journal = tmp_path / "journal.sqlite"
-    older_journal(journal)
+    write_older_journal(journal)
     assert written_by_an_older_bridge(journal)
     upgraded = SettingsDb(tmp_path / "journal.settings.sqlite", journal=journal)
     assert upgraded.load().import_legacy
