@@ -22,7 +22,7 @@ from bridge.features.results import ResultTopics
 from bridge.features.settings import DeviceSettings
 from bridge.features.startup import StartupGate
 from bridge.infra.cloud import CloudClient, LoginCheck
-from bridge.infra.journal import Journal, JournalError
+from bridge.infra.journal import Journal, JournalError, written_by_an_older_bridge
 from bridge.infra.metrics import Metrics
 from bridge.infra.settings_db import SettingsDb
 from bridge.infra.tls import cloud_context
@@ -71,12 +71,15 @@ def open_journal(config: Config) -> Journal | None:
         raise ConfigError(f"bridge.journal_path: {exc}") from None
 
 
-def open_settings(config: Config) -> SettingsDb:
-    """The settings store, beside the journal (before the journal, which marks its file as ours)."""
+def open_settings(config: Config, journal: Journal | None) -> SettingsDb:
+    """The settings store, beside the journal; created new after an upgrade, it imports the older bridge's memory."""
     try:
-        return SettingsDb(config.settings_file(), journal=config.journal_file())
-    except StoreError as exc:
-        raise ConfigError(f"bridge.journal_path: settings store: {exc}") from None
+        db = SettingsDb(config.settings_file(), upgrade=written_by_an_older_bridge(config.journal_file()))
+        if journal is not None:
+            journal.mark_ours()  # only now: a start that failed before this still sees the upgrade
+    except (StoreError, JournalError) as exc:
+        raise ConfigError(f"bridge.journal_path: {exc}") from None
+    return db
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -110,8 +113,8 @@ def bootstrap(config: Config) -> Parts:
     bus = Bus()
     http = make_http(config.cloud, config.bridge.max_in_flight)
     cloud = CloudClient(http, config.cloud)
-    settings_db = open_settings(config)
     journal = open_journal(config)
+    settings_db = open_settings(config, journal)
     metrics = Metrics()
     metrics.watch_transport(lambda: http.dns_lookups, lambda: http.connections_opened)
     store = SettingsStore(config.guids(), {name: entry.defaults for name, entry in config.devices.items()},

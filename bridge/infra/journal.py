@@ -121,7 +121,6 @@ class Journal:
                 columns = {row[1] for row in db.execute("PRAGMA table_info(commands)")}
                 if "sent" not in columns:
                     db.execute(MIGRATION)
-                db.execute(f"PRAGMA user_version = {VERSION}")
             except BaseException:
                 db.close()
                 raise
@@ -138,6 +137,13 @@ class Journal:
         except OSError:
             return None
         return (st.st_dev, st.st_ino)
+
+    def mark_ours(self) -> None:
+        """Mark the file as written by this version (once its settings store exists: see settings_db.py)."""
+        try:
+            self._db.execute(f"PRAGMA user_version = {VERSION}")
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot write {self._path}: {_reason(exc)}") from None
 
     @property
     def path(self) -> str:

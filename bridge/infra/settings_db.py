@@ -12,7 +12,8 @@ nothing committed; a power cut may lose the last commits.
 The file lives beside the command journal (`Config.settings_file()`), and is used whether or
 not the journal is on. `meta.state` says whether the bridge still has to import the settings
 an older bridge kept retained on the broker (see `bridge/features/legacy_settings.py`): set
-once, when the file is created, from whether the journal file of an older bridge is there.
+once, when the file is created, from whether the journal file of an older bridge is there
+(`journal.written_by_an_older_bridge`), and cleared when the import is over.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import sqlite3
 from pathlib import Path
 
 from bridge.core.settings import QueuedChange, Settings, StoredDevice, StoredSettings, StoreError
-from bridge.infra.journal import written_by_an_older_bridge
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS settings (device TEXT PRIMARY KEY, choices TEXT NOT NULL, topic TEXT NOT NULL)"
@@ -51,7 +51,8 @@ def _object(text: str) -> Settings:
 class SettingsDb:
     """The durable settings store (implements `bridge.core.settings.SettingsRecord`)."""
 
-    def __init__(self, path: Path | str, *, journal: Path | None = None) -> None:
+    def __init__(self, path: Path | str, *, upgrade: bool = False) -> None:
+        """`upgrade`: the journal file of an older bridge is there (asked before the journal is opened)."""
         self._path = str(path)
         self._puts: dict[str, tuple[str, str] | None] = {}  # key -> (choices, topic); None: delete
         self._queued: dict[int, tuple[str, str]] = {}  # not committed yet
@@ -73,7 +74,7 @@ class SettingsDb:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
             if row is None:
                 # Created now: an upgrade imports the older bridge's broker memory once; a fresh install never.
-                state = IMPORT_LEGACY if journal is not None and written_by_an_older_bridge(journal) else READY
+                state = IMPORT_LEGACY if upgrade else READY
                 self._db.execute("INSERT INTO meta (key, value) VALUES ('state', ?)", (state,))
             self._db.execute("COMMIT")
             self._next_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM queued").fetchone()[0]) + 1

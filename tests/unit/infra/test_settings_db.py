@@ -91,28 +91,34 @@ def test_a_path_that_cannot_be_a_database_is_one_line(tmp_path: Path) -> None:
 
 
 def test_an_upgrade_imports_once_and_a_fresh_install_never(tmp_path: Path) -> None:
-    fresh = SettingsDb(tmp_path / "fresh.settings.sqlite", journal=tmp_path / "none.sqlite")
+    assert not written_by_an_older_bridge(tmp_path / "none.sqlite")
+    fresh = SettingsDb(tmp_path / "fresh.settings.sqlite", upgrade=False)
     assert not fresh.load().import_legacy
 
     journal = tmp_path / "journal.sqlite"
     write_older_journal(journal)
     assert written_by_an_older_bridge(journal)
-    upgraded = SettingsDb(tmp_path / "journal.settings.sqlite", journal=journal)
+    upgraded = SettingsDb(tmp_path / "journal.settings.sqlite", upgrade=written_by_an_older_bridge(journal))
     assert upgraded.load().import_legacy
-    Journal(journal).close()  # the new bridge opens it: marked as its own
+    opened = Journal(journal)
+    assert written_by_an_older_bridge(journal)  # opening alone does not mark it (a start may still fail)
+    opened.mark_ours()  # once the settings store exists
+    opened.close()
     assert not written_by_an_older_bridge(journal)
     # Until the import is done, every start tries it (a start without the broker cannot).
-    assert SettingsDb(tmp_path / "journal.settings.sqlite", journal=journal).load().import_legacy
+    assert SettingsDb(tmp_path / "journal.settings.sqlite").load().import_legacy
     upgraded.imported()
     upgraded.commit()
-    assert not SettingsDb(tmp_path / "journal.settings.sqlite", journal=journal).load().import_legacy
+    assert not SettingsDb(tmp_path / "journal.settings.sqlite").load().import_legacy
 
 
 def test_a_deleted_settings_file_beside_a_new_journal_imports_nothing(tmp_path: Path) -> None:
     # What a hostile client could leave retained must not come in through a store reset by hand.
     journal = tmp_path / "journal.sqlite"
-    Journal(journal).close()
-    assert not SettingsDb(tmp_path / "s.sqlite", journal=journal).load().import_legacy
+    opened = Journal(journal)
+    opened.mark_ours()
+    opened.close()
+    assert not SettingsDb(tmp_path / "s.sqlite", upgrade=written_by_an_older_bridge(journal)).load().import_legacy
 
 
 def test_ten_thousand_rows_load_in_one_go(tmp_path: Path) -> None:
