@@ -154,8 +154,9 @@ class SettingsStore:
         for device, key in self._keys.items():
             self._ids.setdefault(key, []).append(device)
         defaults = config_defaults or {}
-        # Two ids of one GUID share its settings; the first one listed gives its config defaults.
-        self._config = {key: fallback(defaults.get(ids[0], {}), limits) for key, ids in self._ids.items()}
+        # Ids of one GUID share its settings and their config defaults (a later id's value wins a conflict).
+        self._config = {key: fallback({k: v for i in ids for k, v in defaults.get(i, {}).items()}, limits)
+                        for key, ids in self._ids.items()}
         self._default = built_in(limits)
         self._default_current = effective({}, self._default)
         self._choices: dict[str, Settings] = {}

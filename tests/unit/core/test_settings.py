@@ -102,6 +102,9 @@ def test_case_variants_of_a_guid_and_its_configured_id_are_one_device() -> None:
         assert store.current(device)["resolution"] == "1080p"  # the configured id's defaults too
     assert store.keys() == [GUID]
     assert store.key_of(OTHER.upper()) == OTHER
+    # Two ids of one GUID: one device, their config defaults together.
+    both = SettingsStore({"a": GUID, "b": GUID.upper()}, {"b": {"resolution": "480p"}, "a": {"count": 2}})
+    assert (both.current("a")["resolution"], both.current("b")["count"]) == ("480p", 2)
     assert SettingsStore({}, guid_topic_ids=False).key_of(GUID) is None
     assert store.key_of("truck-13") is None
 
