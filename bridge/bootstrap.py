@@ -71,15 +71,17 @@ def open_journal(config: Config) -> Journal | None:
         raise ConfigError(f"bridge.journal_path: {exc}") from None
 
 
-def open_settings(config: Config, journal: Journal | None) -> SettingsDb:
-    """The settings store, beside the journal; created new after an upgrade, it imports the older bridge's memory."""
+def open_stores(config: Config) -> tuple[Journal | None, SettingsDb]:
+    """The journal and the settings store beside it; a settings store created on an upgrade imports once."""
+    upgrade = written_by_an_older_bridge(config.journal_file())  # before opening creates the file
+    journal = open_journal(config)
     try:
-        db = SettingsDb(config.settings_file(), upgrade=written_by_an_older_bridge(config.journal_file()))
+        db = SettingsDb(config.settings_file(), upgrade=upgrade)
         if journal is not None:
             journal.mark_ours()  # only now: a start that failed before this still sees the upgrade
     except (StoreError, JournalError) as exc:
         raise ConfigError(f"bridge.journal_path: {exc}") from None
-    return db
+    return journal, db
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -113,8 +115,7 @@ def bootstrap(config: Config) -> Parts:
     bus = Bus()
     http = make_http(config.cloud, config.bridge.max_in_flight)
     cloud = CloudClient(http, config.cloud)
-    journal = open_journal(config)
-    settings_db = open_settings(config, journal)
+    journal, settings_db = open_stores(config)
     metrics = Metrics()
     metrics.watch_transport(lambda: http.dns_lookups, lambda: http.connections_opened)
     store = SettingsStore(config.guids(), {name: entry.defaults for name, entry in config.devices.items()},

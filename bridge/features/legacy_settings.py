@@ -4,8 +4,9 @@ Bridges before the local settings store kept every device's choices in one retai
 object, `<base>/bridge/settings`. On the first start after such an upgrade (the store is new and
 the journal file of the older bridge is there, see bridge/infra/settings_db.py), that memory is
 read once, during the start-up window, under any change queued meanwhile; then it is cleared on
-the broker and the store is marked done. After that the bridge never subscribes to it again, so
-nothing any client publishes there can change what users chose. A fresh install never reads it.
+the broker and the store is marked done. After that the bridge unsubscribes from it at every
+connection (a persistent session keeps the older bridge's subscription), so nothing any client
+publishes there reaches it or can change what users chose. A fresh install never reads it.
 
 The memory is input like any other: refused unparsed past MAX_LEGACY_BYTES, only configured
 devices and (capped) GUID devices kept, invalid fields dropped, at most 20 lines logged.
@@ -41,7 +42,9 @@ class LegacySettings(Feature):
         self.pending = settings.import_pending
 
     def routes(self) -> list[Route]:
-        return [Route(self._topic, self.on_memory)] if self.pending else []
+        # Otherwise unsubscribed: the older bridge's persistent session (or our upgrade run) subscribed to it,
+        # and the broker would go on delivering whatever anyone publishes there.
+        return [Route(self._topic, self.on_memory, listen=self.pending)]
 
     def attach(self, bus: Bus) -> None:
         if self.pending:

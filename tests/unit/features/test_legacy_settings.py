@@ -43,7 +43,7 @@ def make(pending: bool = True, synced: bool = True) -> tuple[LegacySettings, Dev
 
 def test_the_memory_is_imported_under_a_change_queued_meanwhile_then_cleared_and_never_read_again() -> None:
     legacy, settings, sent, record, bus = make()
-    assert [r.topic for r in legacy.routes()] == [topics.bridge_settings_topic("devices")]
+    assert [(r.topic, r.listen) for r in legacy.routes()] == [(topics.bridge_settings_topic("devices"), True)]
     # Queued while the older bridge was stopped: arrives first, waits behind the start-up.
     settings.on_settings_set("devices/truck-12/capture/settings/set", b'{"interval":5}', False)
     legacy.on_memory(MEMORY, json.dumps({"truck-12": {"resolution": "1080p", "interval": 1},
@@ -82,9 +82,9 @@ def test_a_start_without_the_broker_tries_again_next_time() -> None:
     assert settings.store.current("van-3")["count"] == 1
 
 
-def test_a_fresh_install_never_subscribes() -> None:
+def test_a_fresh_install_never_subscribes_and_drops_what_a_session_kept() -> None:
     legacy, _, _, _, _ = make(pending=False)
-    assert legacy.routes() == []
+    assert [(r.topic, r.listen) for r in legacy.routes()] == [(MEMORY, False)]
 
 
 def test_a_hostile_memory_writes_only_device_topics_and_logs_at_most_21_lines(caplog: pytest.LogCaptureFixture) -> None:
