@@ -182,8 +182,8 @@ def _command_bytes(payload: str | None, options: dict[str, Any], max_bytes: int)
 async def _capture_once(
     config: Config, device: str, payload: str | None, options: dict[str, Any]
 ) -> dict[str, Any]:
-    # The config's per-device defaults fill what is left out (the settings chosen over MQTT live
-    # in the running bridge, which this command does not contact).
+    # The config's per-device defaults fill what is left out (the settings chosen over MQTT live in
+    # the bridge's settings file, which this command does not read).
     store = SettingsStore(config.guids(), {name: entry.defaults for name, entry in config.devices.items()},
                           config.limits(), config.bridge.guid_topic_ids)
     rules = Rules(config.guids(), config.bridge.guid_topic_ids, config.limits(), config.bridge.max_payload_bytes,

@@ -25,10 +25,12 @@ from paho.mqtt.properties import Properties
 from bridge.core.command import parse_command
 from bridge.core.errors import InvalidCommand
 from bridge.core.settings import built_in, parse_settings_payload
+from bridge.sim.behaviours import Behaviour
 from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import BridgeProcess, StartBridge
 from tests.support.broker import free_port
 from tests.support.cli import bridge_cli
+from tests.support.configs import GUIDS
 from tests.support.http import http_answer, http_get, metric_value
 from tests.support.probe import Probe, Received
 from tests.support.waits import wait_until
@@ -405,7 +407,7 @@ memories = st.one_of(
     # Valid changes too: queued on settings/set they are a user's choice and must apply, on top.
     st.sampled_from([b'{"count": 7}', b'{"FResolution": 0, "interval": 2}', b'{"type": "video"}']),
 )
-TRUCK = "a64b2e58-9305-4a01-9c51-092205123945"  # truck-12 in tests/support/configs.py
+TRUCK = GUIDS[Behaviour.OK]  # truck-12's GUID in tests/support/configs.py
 
 
 def chosen_request(choices: dict[str, Any]) -> dict[str, Any]:
