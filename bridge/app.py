@@ -52,6 +52,8 @@ class App:
         problems = self.parts.adapter.health()
         if not self.parts.service.journal_ok:
             problems.append("the journal cannot be written (bridge.journal_path)")
+        if not self.parts.settings_db.ok:  # nothing is acknowledged meanwhile
+            problems.append("the settings store cannot be written (bridge.journal_path)")
         return Health(tuple(problems), self.parts.login.status)
 
     def _serve_metrics(self) -> None:

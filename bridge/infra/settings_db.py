@@ -58,6 +58,7 @@ class SettingsDb:
         self._queued: dict[int, tuple[str, str]] = {}  # not committed yet
         self._applied: list[tuple[int]] = []
         self._state: str | None = None  # to write
+        self.ok = True  # the last commit worked
         try:
             if self._path != ":memory:":
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +152,10 @@ class SettingsDb:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
+            self.ok = False
             raise StoreError(f"cannot write {self._path}: {_reason(exc)}") from None
         self._puts, self._queued, self._applied, self._state = {}, {}, [], None
+        self.ok = True
 
     def close(self) -> None:
         """Commit what can be committed and close."""

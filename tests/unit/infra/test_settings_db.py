@@ -64,9 +64,11 @@ def test_a_failed_commit_is_rolled_back_kept_and_applied_later(tmp_path: Path) -
         db.put(f"{i:08d}-9305-4a01-9c51-092205123945", {"resolution": "1080p", "count": i + 1}, str(i))
     with pytest.raises(StoreError, match="full"):
         db.commit()
+    assert not db.ok  # /healthz says so
     assert db.load().devices == {}  # nothing half-written
     db._db.execute("PRAGMA max_page_count = 100000")
     db.commit()
+    assert db.ok
     assert len(db.load().devices) == 300
 
 
