@@ -41,6 +41,7 @@ from bridge.features.base import Bus, Feature, Publish
 log = logging.getLogger("bridge.settings")
 
 STORE_RETRY = 1.0  # seconds between attempts to write a store that failed
+STORE_CHECK = 2.0  # seconds between commits while nothing changes (a file deleted underneath is noticed)
 
 
 class DeviceSettings(Feature):
@@ -60,6 +61,7 @@ class DeviceSettings(Feature):
         self._ready = False
         self._store_ok = True
         self._commit_soon: asyncio.Handle | None = None
+        self._watch: asyncio.TimerHandle | None = None
         self._bus: Bus | None = None
         stored = record.load()
         self.import_pending = stored.import_legacy
@@ -276,7 +278,18 @@ class DeviceSettings(Feature):
             log.warning("settings store writable again")
         return True
 
+    def start(self) -> None:
+        self._watch = asyncio.get_running_loop().call_later(STORE_CHECK, self._check)
+
+    def _check(self) -> None:
+        if self._store_ok:
+            self.flush()
+        self._watch = asyncio.get_running_loop().call_later(STORE_CHECK, self._check)
+
     def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._commit_soon is not None:
             self._commit_soon.cancel()
             self._commit_soon = None

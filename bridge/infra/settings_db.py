@@ -14,13 +14,20 @@ not the journal is on. `meta.state` says whether the bridge still has to import 
 an older bridge kept retained on the broker (see `bridge/features/legacy_settings.py`): set
 once, when the file is created, from whether the journal file of an older bridge is there
 (`journal.written_by_an_older_bridge`), and cleared when the import is over.
+
+A file deleted or replaced underneath (a clean-up script, a restored backup) is noticed at
+the next commit (the bridge commits at least every 2 s) and written again, with an ERROR,
+from the copy this process holds of every row (a foreign file is moved aside).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 from bridge.core.settings import QueuedChange, Settings, StoredDevice, StoredSettings, StoreError
@@ -31,6 +38,8 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS queued (id INTEGER PRIMARY KEY, device TEXT NOT NULL, partial TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+log = logging.getLogger("bridge.settings")
+
 READY = "ready"
 IMPORT_LEGACY = "import-legacy"
 
@@ -59,30 +68,51 @@ class SettingsDb:
         self._applied: list[tuple[int]] = []
         self._state: str | None = None  # to write
         self.ok = True  # the last commit worked
+        # What is committed, to write again into a file deleted or replaced underneath.
+        self._rows: dict[str, tuple[str, str]] = {}
+        self._waiting: dict[int, tuple[str, str]] = {}
+        self._db, self._identity = self._open(IMPORT_LEGACY if upgrade else READY)
+        try:
+            rows = self._db.execute("SELECT device, choices, topic FROM settings")  # the one read at start
+            self._rows = {str(k): (str(c), str(t)) for k, c, t in rows}
+            queued = self._db.execute("SELECT id, device, partial FROM queued")
+            self._waiting = {int(i): (str(d), str(p)) for i, d, p in queued}
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+        except (sqlite3.Error, ValueError) as exc:
+            raise StoreError(f"cannot read {self._path}: {_reason(exc)}") from None
+        self._state_now = str(row[0])
+        self._next_id = max(self._waiting, default=0) + 1
+
+    def _open(self, state: str) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
+        """Open (or create, with `state`) the file; StoreError naming it if that fails."""
         try:
             if self._path != ":memory:":
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             # Only the event-loop thread touches it; autocommit, transactions are ours (see commit).
-            self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open {self._path}: {_reason(exc)}") from None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
             for statement in SCHEMA:
-                self._db.execute(statement)
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
-            if row is None:
-                # Created now: an upgrade imports the older bridge's broker memory once; a fresh install never.
-                state = IMPORT_LEGACY if upgrade else READY
-                self._db.execute("INSERT INTO meta (key, value) VALUES ('state', ?)", (state,))
-            self._db.execute("COMMIT")
-            self._next_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM queued").fetchone()[0]) + 1
+                db.execute(statement)
+            # Created now: an upgrade imports the older bridge's broker memory once; a fresh install never.
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('state', ?)", (state,))
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
-                self._db.close()
+                db.close()
             raise StoreError(f"cannot open {self._path}: {_reason(exc)}") from None
+        return db, self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     @property
     def path(self) -> str:
@@ -91,19 +121,14 @@ class SettingsDb:
 
     def load(self) -> StoredSettings:
         """Every device's row and the changes still queued (a row that cannot be read is skipped)."""
-        try:
-            rows = self._db.execute("SELECT device, choices, topic FROM settings").fetchall()
-            queued = self._db.execute("SELECT id, device, partial FROM queued ORDER BY id").fetchall()
-            state = self._db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read {self._path}: {_reason(exc)}") from None
-        stored = StoredSettings(import_legacy=state is not None and state[0] == IMPORT_LEGACY)
-        for key, choices, topic in rows:
+        stored = StoredSettings(import_legacy=self._state_now == IMPORT_LEGACY)
+        for key, (choices, topic) in self._rows.items():
             with contextlib.suppress(ValueError, TypeError):
-                stored.devices[str(key)] = StoredDevice(_object(choices), str(topic))
-        for change_id, device, partial in queued:
+                stored.devices[key] = StoredDevice(_object(choices), topic)
+        for change_id in sorted(self._waiting):
+            device, partial = self._waiting[change_id]
             with contextlib.suppress(ValueError, TypeError):
-                stored.queued.append(QueuedChange(int(change_id), str(device), _object(partial)))
+                stored.queued.append(QueuedChange(change_id, device, _object(partial)))
         return stored
 
     def put(self, key: str, choices: Settings, topic: str) -> None:
@@ -133,29 +158,66 @@ class SettingsDb:
 
     def commit(self) -> None:
         """Apply every write since the last commit in one transaction; StoreError (writes kept) if it fails."""
-        if not self.dirty:
-            return
-        db = self._db
-        upserts = [(key, put[0], put[1]) for key, put in self._puts.items() if put is not None]
-        deletes = [(key,) for key, put in self._puts.items() if put is None]
+        try:
+            self._check()
+            if self.dirty:
+                self._write(self._db, self._puts, self._queued, self._applied, self._state)
+        except StoreError:
+            self.ok = False
+            raise
+        for key, put in self._puts.items():
+            if put is None:
+                self._rows.pop(key, None)
+            else:
+                self._rows[key] = put
+        self._waiting.update(self._queued)
+        for (change_id,) in self._applied:
+            self._waiting.pop(change_id, None)
+        self._state_now = self._state or self._state_now
+        self._puts, self._queued, self._applied, self._state = {}, {}, [], None
+        self.ok = True
+
+    def _write(self, db: sqlite3.Connection, puts: dict[str, tuple[str, str] | None],
+               queued: dict[int, tuple[str, str]], applied: list[tuple[int]], state: str | None) -> None:
         try:
             db.execute("BEGIN")
             db.executemany("INSERT INTO settings (device, choices, topic) VALUES (?, ?, ?) ON CONFLICT(device)"
-                           " DO UPDATE SET choices = excluded.choices, topic = excluded.topic", upserts)
-            db.executemany("DELETE FROM settings WHERE device = ?", deletes)
+                           " DO UPDATE SET choices = excluded.choices, topic = excluded.topic",
+                           [(key, put[0], put[1]) for key, put in puts.items() if put is not None])
+            db.executemany("DELETE FROM settings WHERE device = ?",
+                           [(key,) for key, put in puts.items() if put is None])
             db.executemany("INSERT INTO queued (id, device, partial) VALUES (?, ?, ?)",
-                           [(i, device, partial) for i, (device, partial) in self._queued.items()])
-            db.executemany("DELETE FROM queued WHERE id = ?", self._applied)
-            if self._state is not None:
-                db.execute("UPDATE meta SET value = ? WHERE key = 'state'", (self._state,))
+                           [(i, device, partial) for i, (device, partial) in queued.items()])
+            db.executemany("DELETE FROM queued WHERE id = ?", applied)
+            if state is not None:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'state'", (state,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            self.ok = False
             raise StoreError(f"cannot write {self._path}: {_reason(exc)}") from None
-        self._puts, self._queued, self._applied, self._state = {}, {}, [], None
-        self.ok = True
+
+    def _check(self) -> None:
+        """Write everything committed again into a fresh file if ours was deleted or replaced."""
+        if self._path == ":memory:" or self._file_identity() == self._identity:
+            return
+        what = "deleted"
+        if self._file_identity() is not None:
+            foreign = f"{self._path}.replaced-{int(time.time())}"
+            what = f"replaced (the other file was moved to {foreign})"
+            try:
+                os.replace(self._path, foreign)
+            except OSError as exc:
+                raise StoreError(f"cannot move the foreign file {self._path} aside: {_reason(exc)}") from None
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    os.replace(self._path + suffix, foreign + suffix)
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()  # checkpoints into the orphan and removes its -wal/-shm
+        self._db, self._identity = self._open(self._state_now)
+        self._write(self._db, dict(self._rows), dict(self._waiting), [], self._state_now)
+        log.error("settings file %s was %s; wrote again the settings of the %d device(s) this process holds",
+                  self._path, what, len(self._rows))
 
     def close(self) -> None:
         """Commit what can be committed and close."""

@@ -270,3 +270,19 @@ def test_captures_stay_fast_while_thirty_thousand_guids_get_fifty_settings_a_sec
     assert len(log_lines(bridge, "refused: 10000 GUID-only devices")) == 1
     assert not probe.on_topic(f"{base_topic}/bridge/settings") or not probe.on_topic(
         f"{base_topic}/bridge/settings")[-1].payload
+
+
+def test_a_settings_file_deleted_while_the_bridge_runs_is_written_again(
+    start_bridge: StartBridge, probe: Probe, base_topic: str, cloud: MockCloud, tmp_path: Path
+) -> None:
+    cloud.default_behaviour = "ok"
+    bridge = start_bridge()
+    probe.subscribe(f"{base_topic}/truck-12/capture/settings")
+    probe.publish(topics.settings_set_topic(base_topic, "truck-12"), {"count": 4})
+    wait_until(lambda: settings_of(probe, base_topic, "truck-12").get("count") == 4, 10, "the settings shown")
+    for suffix in ("", "-wal", "-shm"):  # a clean-up script
+        Path(f"{tmp_path / 'journal.settings.sqlite'}{suffix}").unlink(missing_ok=True)
+    bridge.wait_log("was deleted; wrote again the settings of the 1 device(s)", timeout=10)
+    assert bridge.stop() == 0
+    start_bridge()
+    assert request_of(probe, base_topic, "truck-12", "after")["FCount"] == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_an_unreadable_row_is_skipped_not_fatal(tmp_path: Path) -> None:
     db.commit()
     db._db.execute("INSERT INTO settings VALUES ('bad', 'not json', 'x'), ('list', '[1]', 'y')")
     db._db.execute("INSERT INTO queued VALUES (99, 'x', '{')")
-    stored = db.load()
+    stored = SettingsDb(tmp_path / "s.sqlite").load()
     assert list(stored.devices) == [GUID]
     assert stored.queued == []
 
@@ -133,3 +134,26 @@ def test_ten_thousand_rows_load_in_one_go(tmp_path: Path) -> None:
     stored = SettingsDb(tmp_path / "s.sqlite").load()
     assert len(stored.devices) == 10_000
     assert time.perf_counter() - started < 2.0  # ~30 ms here; generous for a loaded CI machine
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_file_deleted_or_replaced_underneath_is_written_again(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.sqlite"
+    db = SettingsDb(path)
+    db.put(GUID, {"count": 4}, "truck-12")
+    db.queue("van-3", {"count": 2})
+    db.commit()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if how == "replaced":
+        path.write_bytes(b"someone else's file")
+    with caplog.at_level(logging.ERROR):
+        db.commit()  # nothing new to write: the check alone
+    assert f"was {how}" in caplog.text
+    again = SettingsDb(path).load()
+    assert again.devices[GUID].choices == {"count": 4}
+    assert [c.device for c in again.queued] == ["van-3"]
+    if how == "replaced":
+        assert len(list(tmp_path.glob("s.sqlite.replaced-*"))) == 1
