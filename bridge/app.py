@@ -11,6 +11,7 @@ from bridge import __version__
 from bridge.bootstrap import Parts, bootstrap, raise_fd_limit
 from bridge.config import Config
 from bridge.core.errors import ConfigError
+from bridge.core.settings import StoreError
 from bridge.infra.journal import JournalError
 from bridge.infra.memory import give_back_memory
 from bridge.infra.metrics import Health, MetricsServer
@@ -51,6 +52,8 @@ class App:
         problems = self.parts.adapter.health()
         if not self.parts.service.journal_ok:
             problems.append("the journal cannot be written (bridge.journal_path)")
+        if not self.parts.settings_db.ok:  # nothing is acknowledged meanwhile
+            problems.append("the settings store cannot be written (bridge.journal_path)")
         return Health(tuple(problems), self.parts.login.status)
 
     def _serve_metrics(self) -> None:
@@ -94,6 +97,7 @@ class App:
         if self._server is not None:
             self._server.stop()
         self._close_journal()
+        self._close_settings()
         log.info("stopped")
 
     async def _drain(self) -> None:
@@ -126,6 +130,15 @@ class App:
             # Nothing is lost: commands whose row is not durable were never acknowledged.
             log.error("journal %s could not be written at shutdown (%s); unacknowledged commands stay"
                       " with the broker", journal.path, exc)
+
+
+    def _close_settings(self) -> None:
+        db = self.parts.settings_db
+        try:
+            db.close()
+        except StoreError as exc:
+            # Acknowledged changes were committed before their PUBACK; what is left was never acknowledged.
+            log.error("settings store %s could not be written at shutdown (%s)", db.path, exc)
 
 
 async def run_bridge(config: Config, stop: asyncio.Event) -> None:

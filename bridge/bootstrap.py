@@ -13,17 +13,19 @@ from dataclasses import dataclass
 from bridge import __version__
 from bridge.config import CloudConfig, Config
 from bridge.core.errors import ConfigError
-from bridge.core.settings import SettingsStore
+from bridge.core.settings import SettingsStore, StoreError
 from bridge.features.availability import Availability, last_will
 from bridge.features.base import Bus, Feature, register
 from bridge.features.homeassistant import HomeAssistant
 from bridge.features.info import BridgeInfo
+from bridge.features.legacy_settings import LegacySettings
 from bridge.features.results import ResultTopics
 from bridge.features.settings import DeviceSettings
 from bridge.features.startup import StartupGate
 from bridge.infra.cloud import CloudClient, LoginCheck
-from bridge.infra.journal import Journal, JournalError
+from bridge.infra.journal import Journal, JournalError, written_by_an_older_bridge
 from bridge.infra.metrics import Metrics
+from bridge.infra.settings_db import SettingsDb
 from bridge.infra.tls import cloud_context
 from bridge.infra.transport import AiohttpTransport
 from bridge.mqtt.adapter import MqttAdapter
@@ -38,6 +40,7 @@ class Parts:
     config: Config
     http: AiohttpTransport
     journal: Journal | None
+    settings_db: SettingsDb
     metrics: Metrics
     login: LoginCheck
     adapter: MqttAdapter
@@ -69,6 +72,19 @@ def open_journal(config: Config) -> Journal | None:
         raise ConfigError(f"bridge.journal_path: {exc}") from None
 
 
+def open_stores(config: Config) -> tuple[Journal | None, SettingsDb]:
+    """The journal and the settings store beside it; a settings store created on an upgrade imports once."""
+    upgrade = written_by_an_older_bridge(config.journal_file())  # before opening creates the file
+    journal = open_journal(config)
+    try:
+        db = SettingsDb(config.settings_file(), upgrade=upgrade)
+        if journal is not None:
+            journal.mark_ours()  # only now: a start that failed before this still sees the upgrade
+    except (StoreError, JournalError) as exc:
+        raise ConfigError(f"bridge.journal_path: {exc}") from None
+    return journal, db
+
+
 def raise_fd_limit(wanted: int) -> None:
     """Each in-flight call holds a socket: lift the soft open-files limit toward the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -78,13 +94,15 @@ def raise_fd_limit(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def features(config: Config, store: SettingsStore, adapter: MqttAdapter, service: CaptureService,
+def features(config: Config, store: SettingsStore, db: SettingsDb, adapter: MqttAdapter, service: CaptureService,
              gate: StartupGate) -> tuple[Feature, ...]:
     """Every feature, in the order they subscribe and hear events: add a new one here."""
+    settings = DeviceSettings(config, adapter.publish, store, db)
     found: list[Feature] = [
         gate,
         Availability(config, adapter.publish, adapter.session),
-        DeviceSettings(config, adapter.publish, store),
+        settings,
+        LegacySettings(config, adapter.publish, settings, db, lambda: gate.synced),
         BridgeInfo(config, adapter.publish, service, adapter),
     ]
     if config.homeassistant.enabled:
@@ -99,10 +117,11 @@ def bootstrap(config: Config) -> Parts:
     bus = Bus()
     http = make_http(config.cloud, config.bridge.max_in_flight)
     cloud = CloudClient(http, config.cloud)
-    journal = open_journal(config)
+    journal, settings_db = open_stores(config)
     metrics = Metrics()
     metrics.watch_transport(lambda: http.dns_lookups, lambda: http.connections_opened)
-    store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
+    store = SettingsStore(config.guids(), {name: entry.defaults for name, entry in config.devices.items()},
+                          config.limits(), config.bridge.guid_topic_ids)
     ha = config.homeassistant
     adapter = MqttAdapter(
         config.mqtt,
@@ -141,6 +160,7 @@ def bootstrap(config: Config) -> Parts:
     )
     bus.commit_with(service.flush)
     gate = StartupGate(config, service, adapter.publish)
-    registered = features(config, store, adapter, service, gate)
+    registered = features(config, store, settings_db, adapter, service, gate)
     register(bus, registered)
-    return Parts(config, http, journal, metrics, LoginCheck(cloud, config.cloud), adapter, service, gate, registered)
+    return Parts(config, http, journal, settings_db, metrics, LoginCheck(cloud, config.cloud), adapter, service,
+                 gate, registered)

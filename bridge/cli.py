@@ -12,6 +12,7 @@ import ssl
 import sys
 import tempfile
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -58,29 +59,35 @@ def _load(config_path: str | None) -> Config:
 
 
 def journal_problem(config: Config) -> str | None:
-    """Why `run` could not create or open the journal file, found without creating anything."""
-    if not config.bridge.journal:
-        return None
-    path = config.journal_file()
+    """Why `run` could not open the journal or the settings file beside it, found without creating anything."""
+    paths = [config.journal_file()] if config.bridge.journal else []
+    for path in [*paths, config.settings_file()]:  # the settings file is used with the journal off too
+        problem = _file_problem(path)
+        if problem is not None:
+            return f"bridge.journal_path: {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
     if path.exists():
         if not path.is_file():
-            return f"bridge.journal_path: {path} is not a file"
+            return f"{path} is not a file"
         try:
             with path.open("ab"):
                 return None
         except OSError as exc:
-            return f"bridge.journal_path: cannot open {path}: {exc.strerror}"
+            return f"cannot open {path}: {exc.strerror}"
     folder = path.parent
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
-        return f"bridge.journal_path: {folder} is not a directory"
+        return f"{folder} is not a directory"
     try:
         # A real try, not os.access: root passes every access() check, even on /proc.
         with tempfile.TemporaryFile(dir=folder):
             return None
     except OSError as exc:
-        return f"bridge.journal_path: cannot create {path}: {exc.strerror}"
+        return f"cannot create {path}: {exc.strerror}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,9 +182,10 @@ def _command_bytes(payload: str | None, options: dict[str, Any], max_bytes: int)
 async def _capture_once(
     config: Config, device: str, payload: str | None, options: dict[str, Any]
 ) -> dict[str, Any]:
-    # The config's per-device defaults fill what is left out (the settings chosen over MQTT live
-    # in the running bridge, which this command does not contact).
-    store = SettingsStore({name: entry.defaults for name, entry in config.devices.items()}, config.limits())
+    # The config's per-device defaults fill what is left out (the settings chosen over MQTT live in
+    # the bridge's settings file, which this command does not read).
+    store = SettingsStore(config.guids(), {name: entry.defaults for name, entry in config.devices.items()},
+                          config.limits(), config.bridge.guid_topic_ids)
     rules = Rules(config.guids(), config.bridge.guid_topic_ids, config.limits(), config.bridge.max_payload_bytes,
                   store.current)
     taken = take(device, _command_bytes(payload, options, config.bridge.max_payload_bytes), rules)

@@ -255,6 +255,8 @@ class BridgeConfig(_Section):
     publish_pending: bool | None = None
     journal: bool = True
     journal_path: Path | None = None
+    # GUID-only (unconfigured) devices whose settings are kept, at most; past it a new one is refused.
+    max_guid_settings: int = Field(default=10000, ge=0)
     dedupe_window: float = Field(default=600.0, ge=0)
     shutdown_timeout: float = Field(default=20.0, ge=0)
 
@@ -361,6 +363,11 @@ class Config(_Section):
         # session, and must never be replayed onto another broker's or topic tree's devices.
         where = hashlib.sha256(f"{self.mqtt.url}|{self.mqtt.base_topic}".encode()).hexdigest()[:8]
         return state / "capture-bridge" / f"journal-{safe_id}-{where}.sqlite"
+
+    def settings_file(self) -> Path:
+        """Where the settings users chose live: beside the journal, `<journal name>.settings<suffix>`."""
+        journal = self.journal_file()
+        return journal.with_name(f"{journal.stem}.settings{journal.suffix}")
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret replaced by `**********`."""

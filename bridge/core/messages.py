@@ -25,9 +25,11 @@ class Route:
     """A topic or filter a feature subscribes to, and its handler.
 
     `ordered`: the message keeps its place among held commands (a held capture must not run
-    with settings sent after it); otherwise it is handled at once.
+    with settings sent after it); otherwise it is handled at once. `listen=False`: a topic an
+    older version subscribed to, which a persistent session keeps: unsubscribed at every connection.
     """
 
     topic: str
     handler: Handler
     ordered: bool = False
+    listen: bool = True

@@ -12,13 +12,18 @@ type it was chosen with. They are published in friendly form with every field
 A setting equal to what the device would use without it (its config default, else
 the built-in) is not kept as a choice of its own, so changing `devices.<id>.defaults`
 in the config reaches every field nobody set to something else.
+
+Settings belong to the device, not to the topic id that names it: they are keyed by its
+FAssetGUID in lower case, so `truck-12` and its GUID (in any case) share one entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from bridge.core.command import (
     API_TO_FRIENDLY,
@@ -33,7 +38,7 @@ from bridge.core.command import (
     _same,
     decode_payload,
 )
-from bridge.core.devices import DEVICE_ID_RE
+from bridge.core.devices import GUID_RE
 from bridge.core.errors import InvalidCommand
 
 # API value -> the friendly value published in the settings.
@@ -46,6 +51,7 @@ RESOLUTION_OPTIONS = list(RESOLUTION_NAMES)
 
 Settings = dict[str, Any]
 MAX_SETTINGS_BYTES = 4096
+MAX_PROBLEMS_LISTED = 20  # stored or legacy settings: at most this many problems logged, then a count
 DEFAULT_LIMITS = Limits()
 
 
@@ -129,86 +135,159 @@ def encode(settings: Mapping[str, Any]) -> bytes:
 
 
 class SettingsStore:
-    """The settings users chose, per device: only fields that differ from the device's fallback.
+    """The settings users chose, per device (keyed by GUID): only fields that differ from its fallback.
 
-    The bridge keeps them retained on `<base>/bridge/settings` (one JSON object, device ->
-    choices) and reads them back at start, so a config default changed later still reaches
-    every field nobody chose.
+    This is the in-RAM view commands read; what is durable lives behind `SettingsRecord`.
     """
 
-    def __init__(self, config_defaults: Mapping[str, Mapping[str, Any]], limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        devices: Mapping[str, str],
+        config_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        guid_topic_ids: bool = True,
+    ) -> None:
         self.limits = limits
-        self._config = {device: fallback(d, limits) for device, d in config_defaults.items()}
+        self._guid_topic_ids = guid_topic_ids
+        self._keys = {device: guid.lower() for device, guid in devices.items()}
+        self._ids: dict[str, list[str]] = {}
+        for device, key in self._keys.items():
+            self._ids.setdefault(key, []).append(device)
+        defaults = config_defaults or {}
+        # Ids of one GUID share its settings and their config defaults (a later id's value wins a conflict).
+        self._config = {key: fallback({k: v for i in ids for k, v in defaults.get(i, {}).items()}, limits)
+                        for key, ids in self._ids.items()}
         self._default = built_in(limits)
         self._default_current = effective({}, self._default)
         self._choices: dict[str, Settings] = {}
         # current() runs for every command: computed once per device until its choices change.
         self._current: dict[str, Settings] = {}
 
-    def fallback_of(self, device: str) -> Settings:
+    def key_of(self, device: str) -> str | None:
+        """Topic id -> the device's key (its GUID in lower case); None for an id that is no device."""
+        key = self._keys.get(device)
+        if key is not None:
+            return key
+        if self._guid_topic_ids and GUID_RE.match(device):
+            return device.lower()
+        return None
+
+    def configured(self, key: str) -> bool:
+        """The device has a configured topic id."""
+        return key in self._ids
+
+    def ids_of(self, key: str) -> list[str]:
+        """The configured topic ids of a device (empty for a GUID-only device)."""
+        return self._ids.get(key, [])
+
+    def configured_keys(self) -> list[str]:
+        """Every configured device, once."""
+        return list(self._ids)
+
+    def fallback_of(self, key: str) -> Settings:
         """Config defaults over the built-in, for one device."""
-        return self._config.get(device, self._default)
+        return self._config.get(key, self._default)
 
     def current(self, device: str) -> Settings:
-        """Every field the device uses now (do not modify the returned mapping)."""
-        found = self._current.get(device)
+        """Every field the device named by this topic id uses now (do not modify the returned mapping)."""
+        key = self.key_of(device)
+        return self._default_current if key is None else self.current_of(key)
+
+    def current_of(self, key: str) -> Settings:
+        """Every field a device uses now, by key (do not modify the returned mapping)."""
+        found = self._current.get(key)
         if found is None:
-            if device not in self._choices and device not in self._config:
-                return self._default_current  # any id may come: not one cache entry each
-            found = self._current[device] = effective(self._choices.get(device, {}), self.fallback_of(device))
+            if key not in self._choices and key not in self._config:
+                return self._default_current  # any GUID may come: not one cache entry each
+            found = self._current[key] = effective(self._choices.get(key, {}), self.fallback_of(key))
         return found
 
-    def devices(self) -> list[str]:
+    def choices(self, key: str) -> Settings:
+        """The fields users chose for a device (do not modify the returned mapping)."""
+        return self._choices.get(key, {})
+
+    def keys(self) -> list[str]:
         """Devices with choices of their own."""
         return list(self._choices)
 
-    def update(self, device: str, partial: Mapping[str, Any]) -> bool:
-        """Apply validated partial settings; True when the device's settings changed."""
-        before = self.current(device)
-        self._set(device, own_choices({**self._choices.get(device, {}), **partial}, self.fallback_of(device)))
-        return self.current(device) != before
+    def merged(self, key: str, partial: Mapping[str, Any]) -> Settings:
+        """What the device's choices become with `partial` on top (nothing is changed yet)."""
+        return own_choices({**self.choices(key), **partial}, self.fallback_of(key))
 
-    def forget(self, device: str) -> None:
-        """Drop a device's choices (a device removed from the config)."""
-        self._set(device, {})
+    def beneath(self, key: str, older: Mapping[str, Any]) -> Settings:
+        """What the device's choices become with `older` choices under them (nothing is changed yet)."""
+        return own_choices({**older, **self.choices(key)}, self.fallback_of(key))
 
-    def snapshot(self) -> bytes:
-        """Every device's choices, for the retained `<base>/bridge/settings`."""
-        return encode({device: self._choices[device] for device in sorted(self._choices)})
-
-    def restore(self, payload: bytes) -> list[str]:
-        """Take back a snapshot; returns what was wrong with it (fields a newer config refuses are dropped)."""
-        problems: list[str] = []
-        self._choices.clear()
-        self._current.clear()
-        if not payload:
-            return problems
-        try:
-            data = json.loads(payload)
-        except (ValueError, RecursionError):
-            return ["not valid JSON"]
-        if not isinstance(data, dict):
-            return ["not a JSON object"]
-        for device, choices in data.items():
-            if not DEVICE_ID_RE.match(device):
-                # A key like "x/../y" would make the bridge write to topics outside a device's own.
-                problems.append(f"{device[:80]!r}: not a device id (one topic level)")
-                continue
-            if not isinstance(choices, dict):
-                problems.append(f"{device}: not a JSON object")
-                continue
-            kept: Settings = {}
-            for key, value in choices.items():
-                try:
-                    kept.update(parse_settings({key: value}, self.limits))
-                except InvalidCommand as exc:
-                    problems.append(f"{device}: {exc.message}")
-            self._set(device, own_choices(kept, self.fallback_of(device)))
-        return problems
-
-    def _set(self, device: str, choices: Settings) -> None:
-        self._current.pop(device, None)
-        if choices:
-            self._choices[device] = choices
+    def set(self, key: str, choices: Mapping[str, Any]) -> bool:
+        """Replace a device's choices; True when what it uses changed."""
+        before = self.current_of(key)
+        self._current.pop(key, None)
+        kept = own_choices(choices, self.fallback_of(key))
+        if kept:
+            self._choices[key] = kept
         else:
-            self._choices.pop(device, None)
+            self._choices.pop(key, None)
+        return self.current_of(key) != before
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDevice:
+    """One device's row in the durable store."""
+
+    choices: Settings
+    topic: str  # the topic id whose `capture/settings` holds its retained settings
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedChange:
+    """A settings change acknowledged but not applied yet when the bridge stopped (it waited its turn)."""
+
+    id: int
+    device: str  # the topic id it came on
+    partial: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSettings:
+    """Everything the durable store holds, read at start."""
+
+    devices: dict[str, StoredDevice] = dataclasses.field(default_factory=dict)
+    queued: list[QueuedChange] = dataclasses.field(default_factory=list)
+    # True once, on the first start after an upgrade from a bridge that kept settings on the broker.
+    import_legacy: bool = False
+
+
+class SettingsRecord(Protocol):
+    """Where what users chose is kept durably (bridge/infra/settings_db.py; a fake in unit tests).
+
+    Writes are collected and made durable by `commit`, which runs before a settings change is
+    acknowledged to the broker.
+    """
+
+    def load(self) -> StoredSettings:
+        """Everything stored, read once at start."""
+        ...
+
+    def put(self, key: str, choices: Settings, topic: str) -> None:
+        """Keep a device's choices (no choices: forget the device)."""
+        ...
+
+    def queue(self, device: str, partial: Settings) -> int:
+        """Keep a change that waits for its turn; returns its id."""
+        ...
+
+    def applied(self, change_id: int) -> None:
+        """A queued change was applied (or refused): forget it."""
+        ...
+
+    def imported(self) -> None:
+        """The one-time import of the legacy broker memory is over: never again."""
+        ...
+
+    def commit(self) -> None:
+        """Make the writes so far durable, or raise StoreError and keep them for the next commit."""
+        ...
+
+
+class StoreError(Exception):
+    """The durable settings store cannot be read or written; the message says why (one line)."""

@@ -45,7 +45,7 @@ class Bus:
         self._on_listening: list[Callable[[bool], None]] = []
         self._on_ready: list[Hook] = []
         self._on_state: list[Callable[[str, bytes], None]] = []
-        self._commit: Callable[[], bool] | None = None
+        self._commits: list[Callable[[], bool]] = []
         self._hold: Callable[[Hook], None] | None = None
 
     # --- registration ---------------------------------------------------------------
@@ -59,8 +59,8 @@ class Bus:
         self._hold = hold
 
     def commit_with(self, commit: Callable[[], bool]) -> None:
-        """What makes received commands durable before they are acknowledged (the service's journal)."""
-        self._commit = commit
+        """What makes received messages durable before they are acknowledged (the journal, the settings)."""
+        self._commits.append(commit)
 
     def on_retained_command(self, hook: Callable[[str, bytes], None]) -> None:
         """A retained (stale) command arrived: `hook(device, payload)`."""
@@ -102,7 +102,10 @@ class Bus:
 
     def commit(self) -> bool:
         """Before acknowledging: True when everything received so far is durable."""
-        return self._commit() if self._commit is not None else True
+        durable = True
+        for commit in self._commits:
+            durable = commit() and durable  # each one commits, even after another failed
+        return durable
 
     def retained_command(self, device: str, payload: bytes) -> None:
         """A retained command that was not executed."""

@@ -1,12 +1,18 @@
-"""The start-up gate: commands and settings changes wait until what the broker kept for us has arrived.
+"""The start-up gate: commands wait until the retained messages of our subscriptions have arrived.
+
+Settings do not need the broker (they live in the bridge's own store); what does is telling
+stale commands apart. On MQTT 3.1.1, and on brokers that drop the flag, a retained command
+published while we were down reaches our resumed session as a live message, before the retained
+copy our SUBSCRIBE brings; holding commands until then lets that copy drop the queued one.
 
 After subscribing, the bridge sends itself a marker on `<base>/bridge/sync/<client_id>`, carrying
-a nonce drawn for this run. Retained messages for its subscriptions (the settings users chose)
-reach it before the marker, so once *its own* marker is back every command runs with the chosen
-settings; a marker any other client published (queued while the bridge was down, or retained)
-carries no such nonce and opens nothing. Commands that arrive meanwhile are journaled at once
-(their PUBACK goes out with the next journal commit); they and the settings changes that arrive
-with them then run in arrival order, behind the commands the journal took back from the last run.
+a nonce drawn for this run. Retained messages for its subscriptions reach it before the marker,
+so once *its own* marker is back they have all arrived; a marker any other client published
+(queued while the bridge was down, or retained) carries no such nonce and opens nothing.
+Commands that arrive meanwhile are journaled at once (their PUBACK goes out with the next
+journal commit); they and the settings changes that arrive with them then run in arrival
+order, behind the commands the journal took back from the last run. Once open, ordered work
+still waits behind commands the service parked (the journal could not be written).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from bridge.service.capture import CaptureService
 
 log = logging.getLogger("bridge")
 
-# How long commands wait at start for the retained settings before running anyway.
+# How long commands wait at start for the broker's retained messages before running anyway.
 SYNC_TIMEOUT = 10.0
 
 Held = tuple[Command, int | None] | Callable[[], None]
@@ -49,6 +55,7 @@ class StartupGate(Feature):
         self._copies: dict[tuple[str, bytes], list[int]] = {}
         self._replayed: list[JournalEntry] = []
         self._bus: Bus | None = None
+        self.synced = False  # opened on this run's own marker (not on the timeout)
 
     @property
     def is_open(self) -> bool:
@@ -82,9 +89,9 @@ class StartupGate(Feature):
         self._held.append((command, self._service.record(command)))
 
     def in_order(self, work: Callable[[], None]) -> None:
-        """Work that must keep its place among held commands (a settings change): now, or when open."""
+        """Work that must keep its place among held commands (a settings change): in its turn."""
         if self._held is None:
-            work()
+            self._service.in_order(work)  # behind any command the service parked
         else:
             self._held.append(work)
 
@@ -110,6 +117,7 @@ class StartupGate(Feature):
 
     def _marker_arrived(self, topic: str, payload: bytes, retained: bool) -> None:
         if payload == self._nonce and not retained:
+            self.synced = self._held is not None or self.synced
             self.open()
         else:
             log.warning("ignored a message on %s that this bridge did not send (a forged or stale start-up "
@@ -130,10 +138,7 @@ class StartupGate(Feature):
             if isinstance(held, tuple):
                 self._service.submit(*held)
             elif held is not None:
-                try:
-                    held()
-                except Exception:  # one bad change must not stop the commands behind it
-                    log.exception("held work failed")
+                self._service.in_order(held)
 
     def _connected(self) -> None:
         if self._held is not None:
@@ -142,8 +147,8 @@ class StartupGate(Feature):
 
     def _overdue(self) -> None:
         if self._held is not None:
-            log.warning("the broker did not echo %s within %.0fs (down? ACL?); running commands with the "
-                        "settings known", self._marker, self._timeout)
+            log.warning("the broker did not echo %s within %.0fs (down? ACL?); running held commands now (a "
+                        "retained command's queued copy can no longer be told apart)", self._marker, self._timeout)
             self.open()
 
     def stop(self) -> None:

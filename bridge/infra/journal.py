@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 # Journals written before the `sent` mark existed get the column (their rows: not sent).
 MIGRATION = "ALTER TABLE commands ADD COLUMN sent INTEGER NOT NULL DEFAULT 0"
+# PRAGMA user_version of a journal written by a bridge that keeps settings in its own file; older
+# bridges left 0 (and kept settings retained on the broker: see bridge/infra/settings_db.py).
+VERSION = 1
 SELECT_ALL = "SELECT id, device, payload, response_topic, correlation, state, sent FROM commands ORDER BY id"
 INSERT_ALL = ("INSERT OR REPLACE INTO commands (id, device, payload, response_topic, correlation, state, sent)"
               " VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -74,6 +77,20 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def written_by_an_older_bridge(path: Path) -> bool:
+    """A journal file is there, last opened by a bridge that kept settings on the broker."""
+    if not path.is_file():
+        return False
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return int(db.execute("PRAGMA user_version").fetchone()[0]) < VERSION
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False  # not a journal we can read: no upgrade to make
 
 
 class Journal:
@@ -120,6 +137,13 @@ class Journal:
         except OSError:
             return None
         return (st.st_dev, st.st_ino)
+
+    def mark_ours(self) -> None:
+        """Mark the file as written by this version (once its settings store exists: see settings_db.py)."""
+        try:
+            self._db.execute(f"PRAGMA user_version = {VERSION}")
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot write {self._path}: {_reason(exc)}") from None
 
     @property
     def path(self) -> str:

@@ -181,6 +181,8 @@ class MqttAdapter:
             self.subscriptions.commands()
         for topic in self._router.subscriptions():
             self.subscriptions.subscribe(topic, 1)
+        for topic in self._router.unsubscriptions():
+            self.client.unsubscribe(topic)
         if self._on_connected is not None:
             try:
                 self._on_connected()

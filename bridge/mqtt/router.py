@@ -22,13 +22,18 @@ class Router:
     """Exact topics first, then filters, each in registration order."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
-        routes = list(routes)
+        self._forgotten = [r.topic for r in routes if not r.listen]
+        routes = [r for r in routes if r.listen]
         self._exact = {r.topic: r for r in routes if not _is_filter(r.topic)}
         self._filters = [r for r in routes if _is_filter(r.topic)]
 
     def subscriptions(self) -> list[str]:
         """What to subscribe to on every connection (QoS 1)."""
         return [*self._exact, *(r.topic for r in self._filters)]
+
+    def unsubscriptions(self) -> list[str]:
+        """What to unsubscribe from on every connection: left in the session by an older version."""
+        return self._forgotten
 
     def match(self, topic: str) -> Route | None:
         """The route for `topic`, or None (then it may be a command)."""

@@ -133,6 +133,18 @@ class CaptureService:
         except Exception:  # a bug here must not kill the MQTT loop
             log.exception("could not accept a command", extra={"device": command.device})
 
+    def in_order(self, work: Callable[[], None]) -> None:
+        """Work that must not overtake commands parked before it (a settings change): now, or after them."""
+        parked = self._outbox.parked
+        # Past the backlog a QoS 0 flood must not grow this without bound: it runs now instead.
+        if parked and len(parked) < max(self._max_backlog, 1):
+            parked.append(work)
+            return
+        try:
+            work()
+        except Exception:  # one bad change must not stop the commands behind it
+            log.exception("ordered work failed")
+
     def record(self, command: Command) -> int | None:
         """Journal a command that will be submitted later (held at start); returns its journal id.
 
@@ -159,9 +171,12 @@ class CaptureService:
             return
         self._outbox.parked.append(command)
 
-    def _resume(self, parked: list[Command]) -> None:
-        for command in parked:
-            self.submit(command)
+    def _resume(self, parked: list[Command | Callable[[], None]]) -> None:
+        for item in parked:
+            if isinstance(item, Command):
+                self.submit(item)
+            else:
+                self.in_order(item)
         if self._on_journal_writable is not None:
             try:
                 self._on_journal_writable()

@@ -37,7 +37,7 @@ class Outbox:
         observer: Observer,
         *,
         publish: Callable[[object, bytes], None],
-        recovered: Callable[[list[Command]], None],
+        recovered: Callable[[list[Command | Callable[[], None]]], None],
     ) -> None:
         self._journal = journal
         self._observer = observer
@@ -48,7 +48,8 @@ class Outbox:
         self._flush_scheduled = False
         self._retry: asyncio.TimerHandle | None = None
         self.ok = True
-        self.parked: deque[Command] = deque()
+        # Commands not run while the journal cannot be written, and the ordered work behind them.
+        self.parked: deque[Command | Callable[[], None]] = deque()
 
     @property
     def enabled(self) -> bool:

@@ -22,10 +22,15 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge.core.command import parse_command
+from bridge.core.errors import InvalidCommand
+from bridge.core.settings import built_in, parse_settings_payload
+from bridge.sim.behaviours import Behaviour
 from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import BridgeProcess, StartBridge
 from tests.support.broker import free_port
 from tests.support.cli import bridge_cli
+from tests.support.configs import GUIDS
 from tests.support.http import http_answer, http_get, metric_value
 from tests.support.probe import Probe, Received
 from tests.support.waits import wait_until
@@ -546,35 +551,59 @@ memories = st.one_of(
                     st.dictionaries(st.sampled_from(["count", "FCount", "resolution", "camera", "zoom"]),
                                     st.integers(-5, 500) | st.text(max_size=6), max_size=3) | st.integers(),
                     max_size=30).map(lambda d: json.dumps(d).encode()),
+    # Valid changes too: queued on settings/set they are a user's choice and must apply, on top.
+    st.sampled_from([b'{"count": 7}', b'{"FResolution": 0, "interval": 2}', b'{"type": "video"}']),
 )
+TRUCK = GUIDS[Behaviour.OK]  # truck-12's GUID in tests/support/configs.py
 
 
-@pytest.mark.timeout(240)
+def chosen_request(choices: dict[str, Any]) -> dict[str, Any]:
+    """What a bare command on a device with these settings sends."""
+    return parse_command({**built_in(), **choices}).api_params()
+
+
+@pytest.mark.timeout(300)
 def test_fuzzed_start_up_inputs_published_while_the_bridge_is_down(
     start_bridge: StartBridge, probe: Probe, broker: Any, base_topic: str, cloud: MockCloud
 ) -> None:
     """A forged marker, a hostile retained memory or settings change, queued or retained while the bridge
-    is down: the next start answers commands within seconds and writes only to its own trees."""
+    is down: the next start answers commands within seconds, writes only to its own trees, and runs
+    captures on exactly what users chose (a queued valid change on settings/set is a user's choice)."""
     cloud.default_behaviour = "ok"
     overrides = {"homeassistant": {"enabled": True, "prefix": f"ha-{base_topic}"}}
     bridge = start_bridge(overrides)
     client_id = f"bridge-{base_topic}"
+    chosen: dict[str, Any] = {"resolution": "1080p", "count": 4}
+    probe.subscribe(f"{base_topic}/truck-12/capture/settings")
+    probe.publish(f"{base_topic}/truck-12/capture/settings/set", chosen)
+    probe.wait_for(lambda m: m.topic.endswith("/truck-12/capture/settings") and b'"count":4' in m.payload)
     watcher = Probe(broker.port)
     watcher.subscribe("#")
     try:
-        @settings(max_examples=12, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+        @settings(max_examples=14, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-        @given(target=st.sampled_from(["marker", "memory", "settings"]), payload=memories, retain=st.booleans())
+        @given(target=st.sampled_from(["marker", "memory", "settings", "guid-settings"]), payload=memories,
+               retain=st.booleans())
         def hostile(target: str, payload: bytes, retain: bool) -> None:
             nonlocal bridge
             assert bridge.stop(timeout=20) == 0
             topic = {"marker": f"{base_topic}/bridge/sync/{client_id}", "memory": f"{base_topic}/bridge/settings",
-                     "settings": f"{base_topic}/truck-12/capture/settings/set"}[target]
+                     "settings": f"{base_topic}/truck-12/capture/settings/set",
+                     "guid-settings": f"{base_topic}/{TRUCK.upper()}/capture/settings/set"}[target]
             publish_raw(probe, topic, payload, qos=1)
             if retain:
                 probe.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+            if target.endswith("settings"):
+                with contextlib.suppress(InvalidCommand):  # the queued live copy is a change like any other
+                    chosen.update(parse_settings_payload(payload))
             bridge = start_bridge(overrides)
             still_serves(probe, base_topic, cloud, timeout=15)
+            rid = f"chosen-{uuid.uuid4().hex[:8]}"
+            probe.subscribe(f"{base_topic}/truck-12/capture/state")
+            probe.publish(f"{base_topic}/truck-12/capture/set", {"request_id": rid})
+            state = probe.wait_for(lambda m: final_on(f"{base_topic}/truck-12/capture/state")(m)
+                                   and m.json().get("request_id") == rid, timeout=15)[0].json()
+            assert state["request"] == chosen_request(chosen), (target, payload[:200], retain)
             if retain:
                 probe.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
 

@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 
-from bridge.bootstrap import open_journal
+from bridge.bootstrap import open_journal, open_stores
 from bridge.config import Config
 from bridge.core.errors import ConfigError
 from bridge.features.homeassistant import Announcer
+from bridge.infra.journal import written_by_an_older_bridge
 from tests.support.aio import run
+from tests.support.settings_record import write_older_journal
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "is-a-directory"])
@@ -62,3 +64,19 @@ def test_announcements_coalesce_and_are_rate_limited() -> None:
         assert bulk == [True, True, True, True, False]
 
     run(go())
+
+
+def test_the_legacy_import_is_for_an_upgrade_only_and_the_journal_is_marked_after(tmp_path: Path) -> None:
+    def config(name: str) -> Config:
+        return Config.model_validate({"cloud": {"token": "t0k3n"},
+                                      "bridge": {"journal_path": str(tmp_path / name / "journal.sqlite")}})
+
+    journal, settings = open_stores(config("fresh"))  # a fresh install: its journal is created now
+    assert journal is not None
+    assert not settings.load().import_legacy
+    assert not written_by_an_older_bridge(tmp_path / "fresh" / "journal.sqlite")
+    write_older_journal(tmp_path / "upgrade" / "journal.sqlite")
+    _, settings = open_stores(config("upgrade"))
+    assert settings.load().import_legacy
+    assert not written_by_an_older_bridge(tmp_path / "upgrade" / "journal.sqlite")
+    assert (tmp_path / "upgrade" / "journal.settings.sqlite").is_file()

@@ -112,8 +112,8 @@ def test_every_state_the_code_makes_fits_the_schema(state: dict[str, Any]) -> No
 
 
 def test_settings_and_commands_fit_their_schemas() -> None:
-    store = SettingsStore({"truck-12": {"resolution": "1080p"}})
-    store.update("truck-12", {"count": 4})
+    store = SettingsStore({"truck-12": GUID}, {"truck-12": {"resolution": "1080p"}})
+    store.set(GUID.lower(), store.merged(GUID.lower(), {"count": 4}))
     published = json.loads(encode(store.current("truck-12")))
     validator("settings").validate(published)
     validator("command").validate(published)  # the published settings are themselves a command

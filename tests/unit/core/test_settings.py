@@ -72,10 +72,14 @@ def test_built_in_settings_are_the_command_defaults() -> None:
     assert parse_command(dict(built_in())).api_params() == command.api_params()
 
 
+GUID = "a64b2e58-9305-4a01-9c51-092205123945"
+OTHER = "0b7e1f52-1c1f-4c35-9a51-6a2a3c7b9d10"
+
+
 def test_precedence_command_then_settings_then_config_then_built_in() -> None:
-    store = SettingsStore({"truck-12": parse_settings({"resolution": "1080p", "count": 2})})
+    store = SettingsStore({"truck-12": GUID}, {"truck-12": parse_settings({"resolution": "1080p", "count": 2})})
     assert store.current("truck-12") == {**built_in(), "resolution": "1080p", "count": 2}
-    store.update("truck-12", {"count": 5})
+    store.set(GUID, store.merged(GUID, {"count": 5}))
     filled = with_settings({"resolution": 0}, store.current("truck-12"))
     params = parse_command(filled).api_params()
     assert params["FResolution"] == 0  # the command's own
@@ -84,43 +88,51 @@ def test_precedence_command_then_settings_then_config_then_built_in() -> None:
     filled = with_settings({"FCount": 7}, store.current("truck-12"))
     assert "count" not in filled
     assert parse_command(filled).api_params()["FCount"] == 7
-    # Unconfigured devices fall back to the built-in defaults.
+    # Unknown ids fall back to the built-in defaults.
     assert store.current("other") == built_in()
 
 
+def test_case_variants_of_a_guid_and_its_configured_id_are_one_device() -> None:
+    store = SettingsStore({"truck-12": GUID.upper()}, {"truck-12": {"resolution": "1080p"}})
+    keys = {store.key_of(device) for device in ("truck-12", GUID, GUID.upper(), GUID.title())}
+    assert keys == {GUID}
+    store.set(GUID, store.merged(GUID, {"count": 4}))
+    for device in ("truck-12", GUID, GUID.upper()):
+        assert store.current(device)["count"] == 4
+        assert store.current(device)["resolution"] == "1080p"  # the configured id's defaults too
+    assert store.keys() == [GUID]
+    assert store.key_of(OTHER.upper()) == OTHER
+    # Two ids of one GUID: one device, their config defaults together.
+    both = SettingsStore({"a": GUID, "b": GUID.upper()}, {"b": {"resolution": "480p"}, "a": {"count": 2}})
+    assert (both.current("a")["resolution"], both.current("b")["count"]) == ("480p", 2)
+    assert SettingsStore({}, guid_topic_ids=False).key_of(GUID) is None
+    assert store.key_of("truck-13") is None
+
+
 def test_a_setting_equal_to_the_fallback_is_not_remembered() -> None:
-    store = SettingsStore({"truck-12": {"resolution": "1080p"}})
-    assert store.update("truck-12", {"resolution": "1080p", "count": 3}) is True
-    assert json.loads(store.snapshot()) == {"truck-12": {"count": 3}}
-    assert store.update("truck-12", {"count": 3}) is False
-    store.update("truck-12", {"count": 1})  # back to the built-in
-    assert json.loads(store.snapshot()) == {}
+    store = SettingsStore({"truck-12": GUID}, {"truck-12": {"resolution": "1080p"}})
+    assert store.set(GUID, store.merged(GUID, {"resolution": "1080p", "count": 3})) is True
+    assert store.choices(GUID) == {"count": 3}
+    assert store.set(GUID, store.merged(GUID, {"count": 3})) is False
+    store.set(GUID, store.merged(GUID, {"count": 1}))  # back to the built-in
+    assert store.keys() == []
 
 
-def test_snapshot_round_trip_follows_a_changed_config() -> None:
-    before = SettingsStore({"truck-12": {"resolution": "1080p"}})
-    before.update("truck-12", {"type": "video"})
-    before.update("a64b2e58-9305-4a01-9c51-092205123945", {"camera": "top"})
-    snapshot = before.snapshot()
+def test_stored_choices_follow_a_changed_config() -> None:
+    before = SettingsStore({"truck-12": GUID}, {"truck-12": {"resolution": "1080p"}})
+    before.set(GUID, before.merged(GUID, {"type": "video"}))
     # Restarted with another config default: the chosen type stays, the default follows the config.
-    after = SettingsStore({"truck-12": {"resolution": "480p"}})
-    assert after.restore(snapshot) == []
+    after = SettingsStore({"truck-12": GUID}, {"truck-12": {"resolution": "480p"}})
+    after.set(GUID, before.choices(GUID))
     assert after.current("truck-12")["type"] == "video"
     assert after.current("truck-12")["resolution"] == "480p"
-    assert after.current("a64b2e58-9305-4a01-9c51-092205123945")["camera"] == "top"
-    assert sorted(after.devices()) == ["a64b2e58-9305-4a01-9c51-092205123945", "truck-12"]
 
 
-def test_restore_drops_what_a_newer_config_refuses_and_says_so() -> None:
-    store = SettingsStore({}, Limits(max_count=5))
-    problems = store.restore(b'{"truck-12":{"count":50,"resolution":"1080p"},"van-3":"x"}')
-    assert store.current("truck-12")["count"] == 1
-    assert store.current("truck-12")["resolution"] == "1080p"
-    assert any("count" in p for p in problems)
-    assert any(p.startswith("van-3") for p in problems)
-    assert store.restore(b"garbage") == ["not valid JSON"]
-    assert store.devices() == []  # nothing half-restored
-    assert store.restore(b"") == []
+def test_older_choices_go_beneath_newer_ones() -> None:
+    store = SettingsStore({"truck-12": GUID})
+    store.set(GUID, store.merged(GUID, {"interval": 5}))
+    store.set(GUID, store.beneath(GUID, {"interval": 9, "resolution": "1080p"}))
+    assert store.choices(GUID) == {"interval": 5, "resolution": "1080p"}
 
 
 def test_encoding_is_compact_and_a_valid_command() -> None:

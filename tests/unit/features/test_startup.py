@@ -30,6 +30,9 @@ class FakeService:
     def replay(self, entries: list[Any]) -> None:
         self.events.append(("replay", len(entries)))
 
+    def in_order(self, work: Any) -> None:
+        work()
+
 
 def make() -> tuple[StartupGate, FakeService, Bus, list[tuple[str, bytes]]]:
     config = Config.model_validate({"cloud": {"token": "t"}})
@@ -119,5 +122,37 @@ def test_many_held_copies_of_retained_commands_are_matched_at_once() -> None:
         submitted = [e for e in service.events if e[0] == "submit"]
         assert len(submitted) == 2500
         assert len([e for e in service.events if e[0] == "discard"]) == 2500
+
+    asyncio.run(go())
+
+
+def test_only_this_runs_own_marker_counts_as_synced() -> None:
+    async def go() -> None:
+        gate, _, bus, sent = make()
+        bus.connected()
+        [(_, nonce)] = sent
+        marker = bus.routes[0]
+        marker.handler(marker.topic, b"forged", False)
+        assert not gate.synced
+        assert not gate.is_open
+        marker.handler(marker.topic, nonce, False)
+        assert gate.synced
+
+        timed_out, _, _, _ = make()
+        timed_out.open()  # the timeout, or stopping
+        assert not timed_out.synced
+
+    asyncio.run(go())
+
+
+def test_once_open_ordered_work_goes_behind_what_the_service_parked() -> None:
+    async def go() -> None:
+        gate, service, bus, _ = make()
+        parked: list[Any] = []
+        service.in_order = parked.append  # type: ignore[method-assign,assignment]
+        bus.in_order(lambda: None)
+        gate.open()
+        bus.in_order(lambda: None)
+        assert len(parked) == 2  # held at start, then after: both handed to the service in order
 
     asyncio.run(go())

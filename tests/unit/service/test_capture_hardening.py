@@ -243,3 +243,30 @@ def test_cloud_text_echoing_a_secret_is_redacted_in_the_state() -> None:
         assert "***" in text
 
     run(go())
+
+
+def test_a_settings_change_waits_behind_commands_parked_while_the_journal_is_full(tmp_path: Path) -> None:
+    async def go() -> None:
+        cloud, pub = FakeCloud(auto=True), FakePublisher()
+        journal = Journal(tmp_path / "j.sqlite")
+        settings = {"count": 1}
+        svc = service(cloud, pub, journal=journal, defaults_for=lambda device: settings)
+        journal._db.execute("PRAGMA max_page_count = 2")
+        svc.submit(cmd("van-3", b'{"request_id": "first"' + b" " * 20_000 + b"}"))  # needs new pages
+        await settle()
+        assert svc.flush() is False
+        svc.submit(cmd("car-7", {"request_id": "parked"}))
+        svc.in_order(lambda: settings.update(count=4))  # sent after the parked command
+        assert settings["count"] == 1  # not applied before it
+        svc.submit(cmd("car-7", {"request_id": "after"}))
+        journal._db.execute("PRAGMA max_page_count = 100000")
+        await asyncio.sleep(outbox_module.JOURNAL_RETRY + 0.3)  # ok: the retry timer is what is tested
+        await settle()
+        counts = {c.params["FCount"] for c in cloud.calls}
+        by_id = {s["request_id"]: s["request"]["FCount"] for s in pub.finals()}
+        assert by_id["first"] == 1
+        assert by_id["parked"] == 1
+        assert by_id["after"] == 4
+        assert counts == {1, 4}
+
+    run(go())
