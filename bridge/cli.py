@@ -27,6 +27,7 @@ from bridge.core.errors import BridgeError, ConfigError, InvalidCommand
 from bridge.core.intake import Rules, take
 from bridge.core.redact import redact
 from bridge.core.settings import SettingsStore
+from bridge.features.discovery import id_clash
 from bridge.infra.cloud import CloudClient
 from bridge.infra.logs import setup_logging
 from bridge.infra.tls import cloud_context, mqtt_context
@@ -206,7 +207,7 @@ async def _capture_once(
 def check_config(config_path: str | None) -> None:
     """Validate the config and print it, with every secret masked."""
     config = _load(config_path)
-    problem = journal_problem(config)
+    problem = journal_problem(config) or (id_clash(config) if config.homeassistant.enabled else None)
     if problem is not None:
         _fail(f"config error: {problem}")
     try:

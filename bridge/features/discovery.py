@@ -139,6 +139,23 @@ def unique_id(device: str, entity: Entity) -> str:
     return f"{NODE_ID}_{object_id(device, entity)}"
 
 
+def id_clash(config: Config) -> str | None:
+    """Why two configured devices would give Home Assistant one unique_id, or None.
+
+    `truck` + `last_capture` and `truck_last` + `capture` are both `capture_bridge_truck_last_capture`:
+    HA would keep one entity and refuse the other. The line names the later key.
+    """
+    owners = {unique_id(bridge_id(config.mqtt.client_id), e): ("the bridge's own device", e) for e in BRIDGE_ENTITIES}
+    for device in config.devices:
+        for entity in ENTITIES:
+            mine = (f"device {device!r}", entity)
+            other = owners.setdefault(unique_id(device, entity), mine)
+            if other != mine:
+                return (f"devices.{device}: its Home Assistant entity {entity.key!r} would have the same unique_id "
+                        f"({unique_id(device, entity)}) as entity {other[1].key!r} of {other[0]}; choose another id")
+    return None
+
+
 def config_topic(prefix: str, device: str, entity: Entity) -> str:
     """`<prefix>/<component>/capture_bridge/<object_id>/config`."""
     return f"{prefix.strip('/')}/{entity.component}/{NODE_ID}/{object_id(device, entity)}/config"

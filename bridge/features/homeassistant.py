@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.config import Config
+from bridge.core.errors import ConfigError
 from bridge.core.messages import Route
 from bridge.features import device_discovery, discovery
 from bridge.features.base import Bus, Feature
@@ -134,6 +135,9 @@ class HomeAssistant(Feature):
     def __init__(
         self, config: Config, send: Callable[..., bool], settle: Callable[[int], float] = migrate_settle
     ) -> None:
+        clash = discovery.id_clash(config)
+        if clash is not None:
+            raise ConfigError(clash)
         self._config = config
         self._send = send
         self._settle = settle

@@ -13,8 +13,10 @@ from bridge import __version__
 from bridge.config import Config
 from bridge.core.command import PHOTO, VIDEO, decode_payload, parse_command
 from bridge.core.devices import safe_id
+from bridge.core.errors import ConfigError
 from bridge.core.settings import parse_settings
-from bridge.features.discovery import cleanup_filter, discovery_messages, owner_name
+from bridge.features.discovery import cleanup_filter, discovery_messages, id_clash, owner_name
+from bridge.features.homeassistant import HomeAssistant
 
 GUID = "a64b2e58-9305-4a01-9c51-092205123945"
 GUID2 = "0b7e1f52-1c1f-4c35-9a51-6a2a3c7b9d10"
@@ -361,3 +363,15 @@ def test_owner_recognises_this_bridges_configs_only() -> None:
     assert owner_name(other_base, json.dumps(legacy).encode()) is None
     assert owner_name(config, b"not json") is None
     assert owner_name(config, b"[]") is None
+
+
+def test_ids_whose_entities_would_share_a_unique_id_are_refused_naming_the_key() -> None:
+    # `truck` + `last_capture` and `truck_last` + `capture` are one unique_id: HA would keep one entity.
+    clash = make_config({"truck": GUID, "truck_last": GUID2})
+    why = id_clash(clash)
+    assert why is not None
+    assert why.startswith("devices.truck_last: ")
+    assert "capture_bridge_truck_last_capture" in why
+    with pytest.raises(ConfigError, match=r"^devices\.truck_last: "):
+        HomeAssistant(clash, lambda *args, **kwargs: True)
+    assert id_clash(make_config({"truck": GUID, "truck-12": GUID2, "van_3": GUID3})) is None
