@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bridge.infra.sqlite_file import identity, set_aside
+from bridge.infra.sqlite_file import reason as _reason
 
 log = logging.getLogger("bridge.journal")
 
@@ -71,12 +72,6 @@ class JournalEntry:
     correlation: bytes | None
     state: bytes | None
     sent: bool = False  # its Instruction may have reached the cloud
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def written_by_an_older_bridge(path: Path) -> bool:
@@ -130,13 +125,7 @@ class Journal:
         return db
 
     def _file_identity(self) -> tuple[int, int] | None:
-        if self._memory:
-            return None
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
+        return None if self._memory else identity(self._path)
 
     def mark_ours(self) -> None:
         """Mark the file as written by this version (once its settings store exists: see settings_db.py)."""
@@ -182,17 +171,10 @@ class Journal:
             rows = self._rows()
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read the journal being re-created: {_reason(exc)}") from None
-        what = "deleted"
-        if self._file_identity() is not None:
-            foreign = f"{self._path}.replaced-{int(time.time())}"
-            what = f"replaced (the other file was moved to {foreign})"
-            try:
-                os.replace(self._path, foreign)
-            except OSError as exc:
-                raise JournalError(f"cannot move the foreign file {self._path} aside: {_reason(exc)}") from None
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(OSError):
-                    os.replace(self._path + suffix, foreign + suffix)
+        try:
+            what = set_aside(self._path)
+        except OSError as exc:
+            raise JournalError(f"cannot move the foreign file {self._path} aside: {_reason(exc)}") from None
         # Closing the orphan checkpoints into the deleted inode and removes its -wal/-shm files,
         # which a fresh database at the same path must not pick up.
         with contextlib.suppress(sqlite3.Error):

@@ -25,12 +25,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
-import time
 from pathlib import Path
 
 from bridge.core.settings import QueuedChange, Settings, StoredDevice, StoredSettings, StoreError
+from bridge.infra.sqlite_file import identity, set_aside
+from bridge.infra.sqlite_file import reason as _reason
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS settings (device TEXT PRIMARY KEY, choices TEXT NOT NULL, topic TEXT NOT NULL)"
@@ -42,12 +42,6 @@ log = logging.getLogger("bridge.settings")
 
 READY = "ready"
 IMPORT_LEGACY = "import-legacy"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _object(text: str) -> Settings:
@@ -108,11 +102,7 @@ class SettingsDb:
         return db, self._file_identity()
 
     def _file_identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
+        return identity(self._path)
 
     @property
     def path(self) -> str:
@@ -201,17 +191,10 @@ class SettingsDb:
         """Write everything committed again into a fresh file if ours was deleted or replaced."""
         if self._path == ":memory:" or self._file_identity() == self._identity:
             return
-        what = "deleted"
-        if self._file_identity() is not None:
-            foreign = f"{self._path}.replaced-{int(time.time())}"
-            what = f"replaced (the other file was moved to {foreign})"
-            try:
-                os.replace(self._path, foreign)
-            except OSError as exc:
-                raise StoreError(f"cannot move the foreign file {self._path} aside: {_reason(exc)}") from None
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(OSError):
-                    os.replace(self._path + suffix, foreign + suffix)
+        try:
+            what = set_aside(self._path)
+        except OSError as exc:
+            raise StoreError(f"cannot move the foreign file {self._path} aside: {_reason(exc)}") from None
         with contextlib.suppress(sqlite3.Error):
             self._db.close()  # checkpoints into the orphan and removes its -wal/-shm
         self._db, self._identity = self._open(self._state_now)
