@@ -33,7 +33,7 @@ import yaml
 
 from bridge.sim.behaviours import DEMO_PASSWORD, DEMO_USER
 from checks.engines import STANDIN_PYTHON, Engine, apt_install, base_image, podman_limits, python_standin
-from checks.image_check import Report
+from checks.report import Report
 from tests.support.broker import Broker, free_port
 from tests.support.cloud_proc import MockCloudProcess
 from tests.support.commands import is_online, send

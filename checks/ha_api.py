@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,27 +224,6 @@ until = functools.partial(wait_until_async, interval=0.25)
 
 
 # --- the checks ------------------------------------------------------------------------------------
-
-
-class Report:
-    """PASS/FAIL lines."""
-
-    def __init__(self) -> None:
-        self.failed = 0
-
-    def line(self, ok: bool, name: str, detail: str = "") -> bool:
-        """Print one result."""
-        self.failed += not ok
-        print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"  ({detail})" if detail else ""), flush=True)
-        return ok
-
-    async def check(self, name: str, check: Callable[[], Awaitable[str]]) -> bool:
-        """Run one check: it returns a detail, or raises (AssertionError/TimeoutError) to fail."""
-        try:
-            detail = await check()
-        except (AssertionError, TimeoutError, RuntimeError, KeyError) as exc:
-            return self.line(False, name, f"{type(exc).__name__}: {exc}"[:500])
-        return self.line(True, name, detail)
 
 
 def check_example(runtime: Runtime) -> list[str]:

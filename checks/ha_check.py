@@ -33,9 +33,10 @@ from bridge import __version__
 from bridge.config import Config
 from bridge.features import device_discovery, discovery
 from checks import ha_env
-from checks.ha_api import HomeAssistant, Report, Socket, check_example, take_screenshot, until
+from checks.ha_api import HomeAssistant, Socket, check_example, take_screenshot, until
 from checks.ha_blueprint import check_blueprint
 from checks.ha_env import Runtime
+from checks.report import Report
 from tests.support.bridge_proc import BridgeProcess
 from tests.support.broker import Broker
 from tests.support.cloud_proc import MockCloudProcess
@@ -103,7 +104,7 @@ class Scenario:
 
     async def check(self, name: str, check: Callable[[], Awaitable[str]]) -> bool:
         """Run one check (see Report.check)."""
-        return await self.report.check(name, check)
+        return await self.report.arun(name, check)
 
     # --- before Home Assistant ---------------------------------------------------------------------
 
@@ -361,8 +362,8 @@ class Scenario:
             await self.ha.wait_up(session)
             await self.ha.onboard(session)
             entry = await self.ha.add_mqtt(session, self.broker.port)
-            self.report.line(entry.get("type") == "create_entry", "MQTT integration added through the config flow",
-                             str(entry.get("title")))
+            self.report.check("MQTT integration added through the config flow", entry.get("type") == "create_entry",
+                              str(entry.get("title")))
             self.ws = Socket(self.ha, session)
             await self.ws.connect()
             await self.check("an install announced per entity (the bridge before device discovery)",
@@ -388,9 +389,9 @@ class Scenario:
                 await take_screenshot(self.ha, self.ws, session, screenshot)
             await self.ws.close()
         problems = self.log_problems()
-        self.report.line(not problems, "no MQTT warnings or errors in Home Assistant's logs",
-                         f"{len(problems)} line(s): {problems[:3]}" if problems else
-                         "neither before its restart (.log.1) nor after")
+        self.report.check("no MQTT warnings or errors in Home Assistant's logs", not problems,
+                          f"{len(problems)} line(s): {problems[:3]}" if problems else
+                          "neither before its restart (.log.1) nor after")
 
 
 async def run_checks(workdir: Path, version: str, screenshot: Path | None = None) -> int:
@@ -402,7 +403,7 @@ async def run_checks(workdir: Path, version: str, screenshot: Path | None = None
     try:
         await scenario.run(screenshot)
     except Exception as exc:  # a broken setup step is one more FAIL, with what happened
-        report.line(False, "the scenario ran to its end", f"{type(exc).__name__}: {exc}"[:500])
+        report.check("the scenario ran to its end", False, f"{type(exc).__name__}: {exc}"[:500])
     finally:
         if report.failed:  # keep HA's config and logs with the others
             with contextlib.suppress(OSError):

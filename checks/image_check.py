@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from checks.engines import (
     run,
 )
 from checks.engines import note as engine_note
+from checks.report import Report
 from tests.support.broker import free_port, wait_port
 from tests.support.compose import compose_default, grace_seconds, load_yaml
 from tests.support.probe import Probe
@@ -69,26 +70,6 @@ def pinned_python_image() -> str:
 
 
 # -- output -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Report:
-    """One line per check; the exit status is whether every check passed."""
-
-    failures: list[str] = field(default_factory=list)
-    passes: int = 0
-
-    def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"  [{detail}]" if detail else ""), flush=True)
-        if ok:
-            self.passes += 1
-        else:
-            self.failures.append(name)
-        return ok
-
-    @staticmethod
-    def note(text: str) -> None:
-        engine_note(text)
 
 
 # -- the stack ----------------------------------------------------------------------------------
@@ -202,7 +183,7 @@ def check_image(report: Report, engine: Engine, image: str) -> None:
     report.check("image: tini is PID 1 (ENTRYPOINT)", bool(entrypoint) and entrypoint[0].endswith("tini"),
                  " ".join(entrypoint))
     size = engine("image", "inspect", image, "--format", "{{.Size}}").stdout.strip()
-    report.note(f"image size {int(size) / 1e6:.0f} MB")
+    engine_note(f"image size {int(size) / 1e6:.0f} MB")
 
 
 def check_container(report: Report, stack: Stack) -> None:
@@ -485,9 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if engine.name == "podman":
         podman_limits(engine, python_image)
     if python_image != python_ref:
-        Report.note(f"the image is built with --build-arg PYTHON_IMAGE={python_image} instead of {python_ref}")
+        engine_note(f"the image is built with --build-arg PYTHON_IMAGE={python_image} instead of {python_ref}")
     if mosquitto_image != mosquitto_ref:
-        Report.note(f"the broker runs MOSQUITTO_IMAGE={mosquitto_image} instead of {mosquitto_ref}")
+        engine_note(f"the broker runs MOSQUITTO_IMAGE={mosquitto_image} instead of {mosquitto_ref}")
     image = f"localhost/{PROJECT}:latest"
     grace = grace_seconds(str(compose["services"]["bridge"]["stop_grace_period"]))
 
@@ -500,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    CAPTURE_BRIDGE_IMAGE=image, BUILDAH_FORMAT="docker")
         stack = Stack(engine, env, [str(COMPOSE), str(override)], free_port(), free_port())
         env.update(BROKER_HOST_PORT=str(stack.broker_port), METRICS_HOST_PORT=str(stack.metrics_port))
-        report.note(f"project {PROJECT}: broker on 127.0.0.1:{stack.broker_port}, metrics on "
+        engine_note(f"project {PROJECT}: broker on 127.0.0.1:{stack.broker_port}, metrics on "
                     f"127.0.0.1:{stack.metrics_port}, mock cloud latency {LATENCY:.0f} s, grace {grace:.0f} s")
         stack.compose("down", "-v", check=False)
         try:
@@ -535,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     report.check(name, False, f"{type(exc).__name__}: {str(exc)[-1500:]}")
         finally:
             if args.keep:
-                report.note(f"stack left running: {' '.join(engine.compose_cmd)} -p {PROJECT} down -v")
+                engine_note(f"stack left running: {' '.join(engine.compose_cmd)} -p {PROJECT} down -v")
             else:
                 stack.compose("down", "-v", check=False)
     total = report.passes + len(report.failures)

@@ -43,6 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.core import topics
 from bridge.features.results import result_topic
+from checks.report import Report
 from tests.support.bridge_proc import BridgeProcess
 from tests.support.broker import Broker
 from tests.support.cloud_proc import MockCloudProcess
@@ -249,27 +250,6 @@ class Gateway:
 # --- the checks ------------------------------------------------------------------------------------
 
 
-class Report:
-    """PASS/FAIL lines."""
-
-    def __init__(self) -> None:
-        self.failed = 0
-
-    def line(self, ok: bool, name: str, detail: str = "") -> bool:
-        """Print one result."""
-        self.failed += not ok
-        print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"  ({detail})" if detail else ""), flush=True)
-        return ok
-
-    def check(self, name: str, check: Callable[[], str]) -> bool:
-        """Run one check: it returns a detail, or raises (AssertionError/TimeoutError) to fail."""
-        try:
-            detail = check()
-        except (AssertionError, TimeoutError, KeyError, TypeError, ValueError) as exc:
-            return self.line(False, name, f"{type(exc).__name__}: {exc}"[:600])
-        return self.line(True, name, detail)
-
-
 _Stoppable = TypeVar("_Stoppable", Broker, MockCloudProcess, Gateway)
 
 
@@ -350,7 +330,7 @@ def check_start(s: Scenario) -> None:
         if not s.thingsboard.limits_asked.wait(60):
             raise TimeoutError("no getSessionLimits request from the gateway after 60s")
         return "answered"
-    s.report.check("the gateway asks the stand-in ThingsBoard for its session limits", limits)
+    s.report.run("the gateway asks the stand-in ThingsBoard for its session limits", limits)
 
     def connected() -> str:
         def names() -> set[str]:
@@ -358,14 +338,14 @@ def check_start(s: Scenario) -> None:
             return {str((m.json() or {}).get("device")) for m in connects} & set(DEVICES)
         wait_until(lambda: names() == set(DEVICES), 60, lambda: f"devices connected: {sorted(names())}")
         return ", ".join(sorted(names()))
-    s.report.check("every configured device is connected from the retained settings (connectRequests)", connected)
+    s.report.run("every configured device is connected from the retained settings (connectRequests)", connected)
 
     def subscribed() -> str:
         wait_until(lambda: f" {GATEWAY_RPC}" in s.tb_broker.log_text(), 60, f"the gateway subscribed to {GATEWAY_RPC}")
         # It subscribes before it has an RPC handler: an RPC before "Gateway started." is dropped unanswered.
         wait_until(lambda: "Gateway started." in s.gateway.log_text(), 60, "the gateway's log says it started")
         return "and has started"
-    s.report.check(f"the gateway subscribes to {GATEWAY_RPC}", subscribed)
+    s.report.run(f"the gateway subscribes to {GATEWAY_RPC}", subscribed)
 
 
 def check_two_way(s: Scenario, device: str, rpc_id: int) -> float:
@@ -381,14 +361,14 @@ def check_two_way(s: Scenario, device: str, rpc_id: int) -> float:
         results = s.watch.select(lambda m: m.topic == result_topic(BASE, device, rid))
         assert [m.json() for m in results] == [state], f"result topic carried {[m.payload for m in results]}"
         return f"status {data['status']}, {s.thingsboard.replies(device, rpc_id)[0].at - sent:.1f}s after the RPC"
-    s.report.check(f"twoWay capture RPC {rpc_id}: the reply is the final state", reply)
+    s.report.run(f"twoWay capture RPC {rpc_id}: the reply is the final state", reply)
 
     def command() -> str:
         found = s.commands(device, rid)
         assert len(found) == 1, f"{len(found)} commands"
         assert (found[0].qos, found[0].retain) == (1, False), f"qos {found[0].qos}, retain {found[0].retain}"
         return found[0].payload.decode()
-    s.report.check(f"RPC {rpc_id}: exactly one command on {topics.command_topic(BASE, device)}, QoS 1", command)
+    s.report.run(f"RPC {rpc_id}: exactly one command on {topics.command_topic(BASE, device)}, QoS 1", command)
 
     def telemetry() -> str:
         def mine() -> list[dict[str, Any]]:
@@ -399,7 +379,7 @@ def check_two_way(s: Scenario, device: str, rpc_id: int) -> float:
         assert isinstance(entry["ts"], int), f"ts {entry['ts']!r}"
         assert entry["ts"] == _ms(state["timestamp"]), f"ts {entry['ts']} != {state['timestamp']}"
         return f"ts {entry['ts']} = {state['timestamp']}"
-    s.report.check(f"RPC {rpc_id}: telemetry with the state's timestamp as a numeric ts (ms)", telemetry)
+    s.report.run(f"RPC {rpc_id}: telemetry with the state's timestamp as a numeric ts (ms)", telemetry)
 
     def attributes() -> str:
         def sent_attributes() -> list[dict[str, Any]]:
@@ -408,7 +388,7 @@ def check_two_way(s: Scenario, device: str, rpc_id: int) -> float:
         want = {"asset_guid": state.get("asset_guid"), "terminal_num": state.get("terminal_num")}
         wait_until(lambda: want in sent_attributes(), 15, lambda: f"attributes {want} in {sent_attributes()}")
         return json.dumps(want)
-    s.report.check(f"RPC {rpc_id}: the device's attributes from the state", attributes)
+    s.report.run(f"RPC {rpc_id}: the device's attributes from the state", attributes)
     return sent
 
 
@@ -429,7 +409,7 @@ def check_settings(s: Scenario, device: str, rpc_id: int) -> None:
             return bool(now) and now[-1].json().get("resolution") == "1080p" and now[-1].json().get("count") == 3
         wait_until(applied, 15, f"{device}'s settings show 1080p, 3 photos")
         return f"reply {json.dumps(data)}; {sets[0].payload.decode()} at QoS 1"
-    s.report.check(f"oneWay capture_settings RPC {rpc_id}: one QoS 1 change, acknowledged, applied", settings)
+    s.report.run(f"oneWay capture_settings RPC {rpc_id}: one QoS 1 change, acknowledged, applied", settings)
 
 
 def check_overlap(s: Scenario, device: str, first: int) -> None:
@@ -447,7 +427,7 @@ def check_overlap(s: Scenario, device: str, first: int) -> None:
         assert (sent["FResolution"], sent["FCount"]) == (3, 3), f"the settings were not used: {sent}"
         return ", ".join(f"RPC {n}: request_id {d['request_id']} {d['status']}"
                          for n, d in zip((first, first + 1), replies, strict=True)) + ", with the new settings"
-    s.report.check(f"two capture RPCs 0.5 s apart ({first}, {first + 1}): each answered with its own result",
+    s.report.run(f"two capture RPCs 0.5 s apart ({first}, {first + 1}): each answered with its own result",
                    own_results)
 
 
@@ -462,14 +442,14 @@ def check_video(s: Scenario, device: str, rpc_id: int) -> None:
         request = data["request"]
         assert (data["status"], request["FType"], request["FDuration"]) == ("ok", 2, 15), f"{data}"
         return f"status ok, FType 2, FDuration 15, from {s.commands(device, str(rpc_id))[0].payload.decode()}"
-    s.report.check(f"capture_video RPC {rpc_id} with a duration: a 15 s video", video)
+    s.report.run(f"capture_video RPC {rpc_id} with a duration: a 15 s video", video)
 
     def missing() -> str:
         data = s.thingsboard.reply(device, rpc_id + 1, 60)
         assert (data["error"], data["request_id"]) == ("invalid_payload", str(rpc_id + 1)), f"{data}"
         assert "duration" in data["message"], data["message"]
         return f"{data['error']}: {data['message']}"
-    s.report.check(f"capture_video RPC {rpc_id + 1} without one: answered invalid_payload naming it", missing)
+    s.report.run(f"capture_video RPC {rpc_id + 1} without one: answered invalid_payload naming it", missing)
 
 
 def check_bridge_down(s: Scenario, device: str, rpc_id: int) -> None:
@@ -484,7 +464,7 @@ def check_bridge_down(s: Scenario, device: str, rpc_id: int) -> None:
         assert s.commands(device, str(rpc_id))[0].qos == 1, "published at QoS 0: lost while the bridge is down"
         assert not s.thingsboard.replies(device, rpc_id), "answered while the bridge was down"
         return "published at QoS 1 while the bridge is down, no reply yet"
-    s.report.check(f"RPC {rpc_id} while the bridge is down: the command waits on the broker", queued)
+    s.report.run(f"RPC {rpc_id} while the bridge is down: the command waits on the broker", queued)
     time.sleep(3)  # ok: the bridge stays down a while, as in a redeploy
     s.start_bridge()
 
@@ -493,7 +473,7 @@ def check_bridge_down(s: Scenario, device: str, rpc_id: int) -> None:
         assert data == s.final_state(device, str(rpc_id)), f"reply {data}"
         assert len(s.commands(device, str(rpc_id))) == 1, f"{len(s.commands(device, str(rpc_id)))} commands"
         return f"status {data['status']}, request_id {data['request_id']}"
-    s.report.check(f"RPC {rpc_id}: answered with its final state once the bridge is back", answered)
+    s.report.run(f"RPC {rpc_id}: answered with its final state once the bridge is back", answered)
 
 
 def show_one_rpc(s: Scenario, device: str, rpc_id: int, sent: float) -> None:
@@ -523,15 +503,15 @@ def run_checks(workdir: Path) -> int:
         check_video(scenario, "trailer-7", 5)
         check_bridge_down(scenario, "trailer-7", 7)
         time.sleep(2)  # ok: a late duplicate command would show up in this window
-        report.check("one command per RPC over the whole run", lambda: _one_each(scenario))
+        report.run("one command per RPC over the whole run", lambda: _one_each(scenario))
         show_one_rpc(scenario, "truck-12", 1, first_sent)
         # Its own replies, echoed by the stand-in broker, are the only RPCs the gateway may fail to handle.
         echoes = ("Error during handling RPC request", "Error while processing RPC request")
         errors = [line for line in scenario.gateway.log_lines("ERROR") if not line.endswith(echoes)]
-        report.line(not errors, f"no other ERROR in the gateway's log (gateway {GATEWAY_VERSION})",
-                    f"{len(errors)}: {errors[:3]}" if errors else "")
+        report.check(f"no other ERROR in the gateway's log (gateway {GATEWAY_VERSION})", not errors,
+                     f"{len(errors)}: {errors[:3]}" if errors else "")
     except Exception as exc:  # a broken setup step is one more FAIL, with what happened
-        report.line(False, "the scenario ran to its end", f"{type(exc).__name__}: {exc}"[:600])
+        report.check("the scenario ran to its end", False, f"{type(exc).__name__}: {exc}"[:600])
     finally:
         scenario.stop()
     return report.failed
