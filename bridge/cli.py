@@ -11,7 +11,7 @@ import os
 import ssl
 import sys
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -106,6 +106,11 @@ def run(config_path: str | None, log_format: str | None, log_level: str | None) 
     """Run the bridge until SIGTERM or SIGINT."""
     config = _load(config_path)
     setup_logging((log_level or config.logging.level).upper(), log_format or config.logging.format)
+    run_until_stopped(config)
+
+
+def run_until_stopped(config: Config, explain: Callable[[str], str] = str) -> None:
+    """The bridge until SIGTERM or SIGINT; a problem found at start is one line (`explain` words it)."""
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -115,7 +120,7 @@ def run(config_path: str | None, log_format: str | None, log_level: str | None) 
     try:
         run_event_loop(serve())
     except ConfigError as exc:
-        _fail(f"config error: {exc}")
+        _fail(f"config error: {explain(str(exc))}")
     except OSError as exc:
         _fail(f"cannot start: {exc}", 1)
 

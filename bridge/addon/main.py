@@ -21,8 +21,7 @@ import click
 from bridge import __version__
 from bridge.addon.options import config_data, in_option_terms, read_options
 from bridge.addon.supervisor import OUTSIDE_ADDON, SUPERVISOR_URL, fetch_broker
-from bridge.app import install_signal_handlers, run_bridge
-from bridge.cli import EXIT_CONFIG, journal_problem, run_event_loop
+from bridge.cli import EXIT_CONFIG, journal_problem, run_until_stopped
 from bridge.config import Config
 from bridge.config.loader import validate_config, with_env_overrides
 from bridge.core.errors import ConfigError
@@ -91,15 +90,4 @@ def main(check: bool) -> None:
         return
     setup_logging(config.logging.level, config.logging.format)
     log.info("add-on: effective config (secrets masked): %s", json.dumps(summary(config), ensure_ascii=False))
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        install_signal_handlers(stop)
-        await run_bridge(config, stop)
-
-    try:
-        run_event_loop(serve())
-    except ConfigError as exc:
-        _fail(f"config error: {in_option_terms(str(exc))}")
-    except OSError as exc:
-        _fail(f"cannot start: {exc}", 1)
+    run_until_stopped(config, in_option_terms)
