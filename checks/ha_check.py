@@ -150,8 +150,13 @@ class Scenario:
         self.start_bridge(DEVICES, "device")
 
         async def moved() -> bool:
+            # The old topics are cleared last: until then HA still shows the entities from them.
+            retained = await asyncio.to_thread(self._retained)
+            if any(f"/{discovery.NODE_ID}/" in topic for topic in retained):
+                return False
             return await self.all_entities_available() and await self._registry() == self.before
-        await until(moved, 60, "every entity back, with the same registry entry, after the migration")
+        await until(moved, 60, "the migration over (old topics cleared), every entity back with the same "
+                    "registry entry")
         # Moved, not removed and made again (which HA's deleted-entity memory would also give the same ids).
         removed = [c["entity_id"] for c in self.ws.registry_changes[mark:] if c["action"] == "remove"]
         assert not removed, f"removed from HA's registry on the way: {removed}"
