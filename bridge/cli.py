@@ -6,6 +6,7 @@ User errors (config, arguments) print one line on stderr and exit 2; no tracebac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
@@ -26,10 +27,11 @@ from bridge.core.command import FIELDS, decode_payload
 from bridge.core.errors import BridgeError, ConfigError, InvalidCommand
 from bridge.core.intake import Rules, take
 from bridge.core.redact import redact
-from bridge.core.settings import SettingsStore
+from bridge.core.settings import SettingsStore, parse_settings
 from bridge.features.discovery import id_clash
 from bridge.infra.cloud import CloudClient
 from bridge.infra.logs import setup_logging
+from bridge.infra.settings_db import read_choices
 from bridge.infra.tls import cloud_context, mqtt_context
 
 EXIT_CONFIG = 2
@@ -188,10 +190,16 @@ def _command_bytes(payload: str | None, options: dict[str, Any], max_bytes: int)
 async def _capture_once(
     config: Config, device: str, payload: str | None, options: dict[str, Any]
 ) -> dict[str, Any]:
-    # The config's per-device defaults fill what is left out (the settings chosen over MQTT live in
-    # the bridge's settings file, which this command does not read).
+    # What is left out comes from the settings users chose (the bridge's settings file, read only),
+    # then the config's per-device defaults, as for a command over MQTT.
     store = SettingsStore(config.guids(), {name: entry.defaults for name, entry in config.devices.items()},
                           config.limits(), config.bridge.guid_topic_ids)
+    for key, choices in read_choices(config.settings_file()).items():
+        kept: dict[str, Any] = {}
+        for field, value in choices.items():
+            with contextlib.suppress(InvalidCommand):  # a field this config's limits refuse is left out
+                kept.update(parse_settings({field: value}, store.limits))
+        store.set(key, kept)
     rules = Rules(config.guids(), config.bridge.guid_topic_ids, config.limits(), config.bridge.max_payload_bytes,
                   store.current)
     taken = take(device, _command_bytes(payload, options, config.bridge.max_payload_bytes), rules)

@@ -51,6 +51,28 @@ def _object(text: str) -> Settings:
     return value
 
 
+def read_choices(path: Path) -> dict[str, Settings]:
+    """What users chose, per device key, read without writing (the `capture` CLI beside a running bridge).
+
+    No file, or one that cannot be read, is no choices: the command then uses the config's defaults.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT device, choices FROM settings").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return {}
+    found: dict[str, Settings] = {}
+    for key, choices in rows:
+        with contextlib.suppress(ValueError, TypeError):
+            found[str(key)] = _object(str(choices))
+    return found
+
+
 class SettingsDb:
     """The durable settings store (implements `bridge.core.settings.SettingsRecord`)."""
 

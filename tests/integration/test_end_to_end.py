@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bridge.infra.settings_db import SettingsDb
 from bridge.sim.behaviours import DEMO_PASSWORD, Behaviour, Fault
 from bridge.sim.server import MockCloud
 from tests.support import commands
@@ -314,6 +315,26 @@ def test_capture_cli_uses_the_config_defaults_of_the_device(tmp_path: Any, cloud
     assert result.returncode == 0, result.stderr
     request = json.loads(result.stdout)["request"]
     assert (request["FResolution"], request["FCount"]) == (3, 3)  # the default, and the option over it
+
+
+def test_capture_cli_uses_the_settings_users_chose(tmp_path: Any, cloud: MockCloud) -> None:
+    # Settings a running bridge keeps (chosen through the GUID's topic id, any case) fill what the
+    # command leaves out, over the config's defaults; an option still wins.
+    journal = tmp_path / "journal.sqlite"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"cloud": {"base_url": cloud.url, "username": "demo", "password": DEMO_PASSWORD},
+                               "bridge": {"journal_path": str(journal)},
+                               "devices": {"truck-12": {"guid": GUIDS[Behaviour.OK], "defaults": {"count": 2}}}}))
+    db = SettingsDb(tmp_path / "journal.settings.sqlite")
+    db.put(GUIDS[Behaviour.OK].lower(), {"resolution": "1080p", "interval": 4}, "truck-12")
+    db.commit()
+    try:
+        result = bridge_cli("capture", "truck-12", "--interval", "1", "--config", str(cfg))
+    finally:
+        db.close()
+    assert result.returncode == 0, result.stderr
+    request = json.loads(result.stdout)["request"]
+    assert (request["FResolution"], request["FCount"], request["FInterval"]) == (3, 2, 1)
 
 
 def test_capture_cli_error_exit(tmp_path: Any, cloud: MockCloud) -> None:
