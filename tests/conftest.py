@@ -134,3 +134,17 @@ def start_bridge(
             proc.stop(timeout=15)
         except Exception:
             proc.kill()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The broker matrix's third-party brokers get one rerun of a test that timed out.
+
+    NATS, RabbitMQ, Aedes and amqtt now and then stall for tens of seconds under CI load (a SUBACK
+    or a retained copy that comes late, a restart that loses what it held); Mosquitto, the broker
+    the bridge is built against, gets none. A test that times out twice still fails.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        broker = callspec.params.get("matrix_broker") if callspec is not None else None
+        if isinstance(broker, str) and not broker.startswith("mosquitto"):
+            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=["TimeoutError"]))
