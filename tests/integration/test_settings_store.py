@@ -21,24 +21,13 @@ from bridge.sim.behaviours import Behaviour
 from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import BridgeProcess, StartBridge, log_lines
 from tests.support.broker import Broker
+from tests.support.commands import final_for, settings_of
 from tests.support.configs import GUIDS, fresh_guids
 from tests.support.probe import Probe, Received
 from tests.support.settings_record import peak_rss_mb, write_older_journal
 from tests.support.waits import wait_until
 
 GUID = GUIDS[Behaviour.OK]
-
-
-def final_for(base: str, device: str, request_id: str) -> Any:
-    def check(m: Received) -> bool:
-        return (m.topic == f"{base}/{device}/capture/state" and bool(m.payload) and not m.retain
-                and m.json().get("request_id") == request_id and m.json()["status"] != "pending")
-    return check
-
-
-def settings_of(probe: Probe, base: str, device: str) -> dict[str, Any]:
-    found = [m for m in probe.on_topic(topics.settings_topic(base, device)) if m.payload]
-    return dict(found[-1].json()) if found else {}
 
 
 def live_on(topic: str) -> Any:

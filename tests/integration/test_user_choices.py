@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,24 +14,12 @@ from bridge.sim.behaviours import Behaviour
 from bridge.sim.server import MockCloud
 from tests.support.bridge_proc import StartBridge
 from tests.support.broker import Broker
-from tests.support.commands import finals_by_request, send
+from tests.support.commands import final_for, finals_by_request, send, settings_of
 from tests.support.configs import GUIDS, fresh_guids
-from tests.support.probe import Probe, Received
+from tests.support.probe import Probe
 from tests.support.waits import wait_until
 
 DEVICES = {"truck-12": GUIDS[Behaviour.OK], "van-3": GUIDS[Behaviour.OK].upper()}
-
-
-def final_for(base: str, device: str, request_id: str) -> Any:
-    def check(m: Received) -> bool:
-        return (m.topic == f"{base}/{device}/capture/state" and bool(m.payload) and not m.retain
-                and m.json().get("request_id") == request_id and m.json()["status"] != "pending")
-    return check
-
-
-def settings_of(probe: Probe, base: str, device: str) -> dict[str, Any]:
-    found = [m for m in probe.on_topic(f"{base}/{device}/capture/settings") if m.payload]
-    return dict(found[-1].json()) if found else {}
 
 
 def test_a_change_and_a_forged_marker_while_the_bridge_is_down_lose_nothing_over_two_restarts(

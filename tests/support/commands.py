@@ -38,3 +38,17 @@ def finals_by_request(probe: Probe, base: str, *, with_retained: bool = False) -
             if state["status"] != "pending" and (with_retained or not m.retain):
                 out.setdefault(str(state["request_id"]), []).append(state)
     return out
+
+
+def final_for(base: str, device: str, request_id: str) -> Callable[[Received], bool]:
+    """Matches the live final state of one command."""
+    def check(m: Received) -> bool:
+        return (m.topic == f"{base}/{device}/capture/state" and bool(m.payload) and not m.retain
+                and m.json().get("request_id") == request_id and m.json()["status"] != "pending")
+    return check
+
+
+def settings_of(probe: Probe, base: str, device: str) -> dict[str, Any]:
+    """The device's settings as last seen on its `capture/settings` topic ({} when none)."""
+    found = [m for m in probe.on_topic(f"{base}/{device}/capture/settings") if m.payload]
+    return dict(found[-1].json()) if found else {}
