@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +35,7 @@ from checks.report import Report
 from tests.support.broker import Broker, free_port
 from tests.support.cloud_proc import MockCloudProcess
 from tests.support.commands import is_online, send
+from tests.support.http import http_get
 from tests.support.probe import Probe
 from tests.support.supervisor import FakeSupervisor
 
@@ -126,11 +125,8 @@ class Addon:
 
     def healthz(self) -> int:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=3) as reply:
-                return int(reply.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
+            return http_get(f"http://127.0.0.1:{self.metrics_port}/healthz")[0]
+        except OSError:  # not listening (yet)
             return 0
 
 

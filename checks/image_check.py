@@ -46,6 +46,7 @@ from checks.engines import note as engine_note
 from checks.report import Report
 from tests.support.broker import free_port, wait_port
 from tests.support.compose import compose_default, grace_seconds, load_yaml
+from tests.support.http import http_get
 from tests.support.probe import Probe
 from tests.support.waits import wait_until
 
@@ -105,11 +106,8 @@ class Stack:
 
     def healthz(self) -> int:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=3) as reply:
-                return int(reply.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
+            return http_get(f"http://127.0.0.1:{self.metrics_port}/healthz")[0]
+        except OSError:  # not listening (yet)
             return 0
 
     def metric(self, name: str) -> float | None:
